@@ -1,0 +1,416 @@
+"""The run configuration: one pydantic model, ``TuneConfig``, with a nested model per section.
+
+Parts (strategy, quantizer, objective, dataset adapter) are named by a string or by a mapping
+with their options; each part's options are validated by that part's own ``Options`` model,
+and every problem in a configuration is reported together, with dotted locations::
+
+    >>> from tunekit import TuneConfig, ConfigError
+    >>> try:
+    ...     TuneConfig(model="gpt2", strategy={"name": "lora", "rank": 0},
+    ...                training={"learning_rate": -1})
+    ... except ConfigError as err:
+    ...     print(err)
+    Invalid tunekit configuration (2 problems):
+      training.learning_rate: must be > 0 (got -1)
+      strategy.rank: must be >= 1 (got 0)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from tunekit.errors import ConfigError, Problem, TunekitError
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PartSpec(BaseModel):
+    """A part named by a string (``"lora"``) or a mapping (``{"name": "lora", "rank": 16}``).
+
+    Dumps to the flat mapping form with every option filled in, so a saved configuration
+    says exactly what ran.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Registered name of the part.")
+    options: dict[str, Any] = Field(default_factory=dict, description="The part's own options.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name_or_mapping(cls, value: Any) -> Any:
+        if isinstance(value, PartSpec):
+            return value
+        if isinstance(value, str):
+            return {"name": value, "options": {}}
+        if isinstance(value, Mapping):
+            data = dict(value)
+            if "name" not in data:
+                raise ValueError(
+                    "a part given as a mapping needs a 'name' key, e.g. {'name': 'lora', 'rank': 16}"
+                )
+            name = data.pop("name")
+            options = dict(data.pop("options", {}) or {})
+            options.update(data)
+            return {"name": name, "options": options}
+        raise ValueError(
+            f"must be a part name (a string) or a mapping with a 'name' key, got {type(value).__name__}"
+        )
+
+    @model_serializer(mode="plain")
+    def _flat(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+class DataOptions(BaseModel):
+    """How user data is read and split."""
+
+    model_config = _STRICT
+
+    adapter: PartSpec | None = Field(
+        default=None,
+        description="Dataset adapter to use; None picks the first installed adapter that "
+        "understands the data source.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Rename columns before the row format is detected: {'question': 'prompt', "
+        "'answer': 'completion'}.",
+    )
+    eval_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Hold out this fraction of the training rows for evaluation when no eval "
+        "data is given (the split is seeded by training.seed).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="A Jinja chat template for chat rows, replacing the tokenizer's own; it is "
+        "saved with the tokenizer so training and inference use the same one.",
+    )
+
+
+class TrainingOptions(BaseModel):
+    """Optimisation and bookkeeping options."""
+
+    model_config = _STRICT
+
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Rows per device per step.")
+    gradient_accumulation: int = Field(
+        default=1, ge=1, description="Micro-batches accumulated per optimizer step."
+    )
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Peak learning rate; None uses the strategy's default (LoRA 2e-4, full 2e-5, "
+        "head 1e-3).",
+    )
+    scheduler: Literal[
+        "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"
+    ] = Field(default="linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Fraction of the steps spent warming up."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    max_length: int = Field(
+        default=512, ge=8, description="Longest sequence in tokens; longer rows are truncated "
+        "(sft) or split into blocks (causal-lm)."
+    )
+    seed: int = Field(default=42, ge=0, description="Seed for weights init, shuffling and dropout.")
+    logging_steps: int = Field(default=10, ge=1, description="Log the loss every N steps.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N steps (None: once at the end)."
+    )
+    save_steps: int | None = Field(
+        default=None, ge=1, description="Write a checkpoint every N steps (None: no checkpoints)."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass to save memory."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="'auto' picks bf16 on GPUs that support it, fp16 on other GPUs, fp32 on "
+        "CPUs (bf16 autocast on a CPU without native support is an order of magnitude slower).",
+    )
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch rows of similar length together so little compute goes to padding.",
+    )
+    progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
+
+
+class TuneConfig(BaseModel):
+    """Everything that defines a fine-tuning run.
+
+    >>> cfg = TuneConfig(model="gpt2", strategy={"name": "lora", "rank": 16})
+    >>> cfg.strategy.options["rank"]
+    16
+    >>> TuneConfig.model_validate(cfg.model_dump()) == cfg
+    True
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    model: str = Field(
+        description="A hub id ('gpt2'), a local model directory, or a .gguf file.",
+        min_length=1,
+    )
+    strategy: PartSpec = Field(
+        default_factory=lambda: PartSpec(name="lora"),
+        description="Which parameters train: 'full', 'head', 'lora' or a plugin's.",
+    )
+    quantizer: PartSpec = Field(
+        default_factory=lambda: PartSpec(name="none"),
+        description="How the base is loaded: 'none', 'bnb-8bit', 'bnb-4bit' or a plugin's.",
+    )
+    objective: PartSpec | None = Field(
+        default=None,
+        description="'sft' (loss on the answer only) or 'causal-lm' (loss on every token); "
+        "None picks 'sft' for prompt/completion or chat rows and 'causal-lm' for raw text.",
+    )
+    data: DataOptions = Field(default_factory=DataOptions, description="How data is read.")
+    training: TrainingOptions = Field(
+        default_factory=TrainingOptions, description="Optimisation options."
+    )
+    output_dir: str | None = Field(
+        default=None,
+        description="Where fit writes checkpoints and the final model; None uses "
+        "runs/<model>-<strategy>-<time>.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow model repositories to run their own Python code."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_with_parts(cls, data: Any, handler: Any) -> TuneConfig:
+        problems: list[Problem] = []
+        try:
+            cfg: TuneConfig | None = handler(data)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, cls))
+            cfg = None
+        if isinstance(data, Mapping) or cfg is not None:
+            problems.extend(_validate_parts(data if cfg is None else cfg, fill=cfg is not None))
+        if problems:
+            raise _Problems(problems)
+        assert cfg is not None
+        return cfg
+
+    # Wrap pydantic's entry points so a user's mistake is a ConfigError, never a raw ValidationError.
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> TuneConfig:  # type: ignore[override]
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise config_error(exc) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TuneConfig:
+        """Read a configuration from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file."""
+        return cls.model_validate(read_config_file(path))
+
+    def to_file(self, path: str | Path) -> Path:
+        """Write the configuration (every default filled in) as YAML, TOML-free and round-trippable."""
+        import yaml
+
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return path
+
+
+class _Problems(ValueError):
+    """Carries collected problems out of a validator (pydantic wraps it in a ValidationError)."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("; ".join(map(str, problems)))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON config file into a mapping, with clear errors for bad syntax."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), "config file not found; check the path")])
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(str(path), f"is not UTF-8 text ({exc.reason})")]) from None
+    try:
+        if suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(
+                [Problem(str(path), "unsupported config file type; use .yaml, .yml, .toml or .json")]
+            )
+    except TunekitError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
+        raise ConfigError([Problem(str(path), f"could not be parsed: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Problem(str(path), f"must hold a mapping of options at the top, got {type(data).__name__}")]
+        )
+    return data
+
+
+def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
+    """Validate each part's options with its own model; with ``fill``, store the validated options."""
+    from tunekit.plugins import get_registry
+
+    problems: list[Problem] = []
+    specs: dict[str, tuple[str, PartSpec | None]] = {}
+    for field, kind in (("strategy", "strategy"), ("quantizer", "quantizer"), ("objective", "objective")):
+        specs[field] = (kind, _get_spec(source, field))
+    adapter_spec = None
+    data_section = source.data if isinstance(source, TuneConfig) else (source.get("data") if isinstance(source, Mapping) else None)
+    if isinstance(data_section, DataOptions):
+        adapter_spec = data_section.adapter
+    elif isinstance(data_section, Mapping) and data_section.get("adapter") is not None:
+        adapter_spec = _try_spec(data_section["adapter"])
+    specs["data.adapter"] = ("dataset_adapter", adapter_spec)
+
+    instances: dict[str, Any] = {}
+    for location, (kind, spec) in specs.items():
+        if spec is None:
+            continue
+        registry = get_registry(kind)
+        if spec.name not in registry:
+            problems.append(Problem(location, registry.unknown_message(spec.name)))
+            continue
+        reg = registry.get(spec.name)
+        try:
+            options = reg.options_model.model_validate(spec.options)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, reg.options_model, prefix=location))
+            continue
+        instances[location] = reg.cls(options)
+        if fill and isinstance(source, TuneConfig):
+            filled = PartSpec(name=spec.name, options=options.model_dump(mode="python"))
+            owner, attr = (source.data, "adapter") if location == "data.adapter" else (source, location)
+            object.__setattr__(owner, attr, filled)
+    if "strategy" in instances and "quantizer" in instances:
+        why = instances["strategy"].check_quantizer(instances["quantizer"])
+        if why:
+            problems.append(Problem("strategy", why))
+    return problems
+
+
+def _get_spec(source: Any, field: str) -> PartSpec | None:
+    if isinstance(source, TuneConfig):
+        return getattr(source, field)  # type: ignore[no-any-return]
+    if not isinstance(source, Mapping):
+        return None
+    if field not in source:
+        default = TuneConfig.model_fields[field].get_default(call_default_factory=True)
+        return default if isinstance(default, PartSpec) else None
+    return _try_spec(source[field])
+
+
+def _try_spec(value: Any) -> PartSpec | None:
+    if value is None:
+        return None
+    try:
+        return PartSpec.model_validate(value)
+    except ValidationError:
+        return None  # reported by the main validation
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "missing": "is required",
+}
+
+
+def problems_from_validation(
+    exc: ValidationError, model: type[BaseModel] | None = None, *, prefix: str = ""
+) -> list[Problem]:
+    """Turn a pydantic ``ValidationError`` into problems with dotted locations and plain messages."""
+    problems: list[Problem] = []
+    for err in exc.errors():
+        ctx = err.get("ctx") or {}
+        inner = ctx.get("error")
+        if isinstance(inner, _Problems):
+            problems.extend(inner.problems)
+            continue
+        loc_parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]
+        location = ".".join(([prefix] if prefix else []) + loc_parts)
+        kind = err["type"]
+        if kind in _MESSAGES:
+            message = _MESSAGES[kind].format(**ctx) + _got(err)
+        elif kind == "extra_forbidden":
+            valid = _fields_at(model, loc_parts[:-1])
+            message = f"unknown option {loc_parts[-1]!r}" + (
+                f"; valid options here: {', '.join(valid)}" if valid else ""
+            )
+        elif kind == "value_error" and isinstance(inner, Exception):
+            message = str(inner)
+        else:
+            message = err["msg"][0].lower() + err["msg"][1:] + _got(err)
+        problems.append(Problem(location, message))
+    return problems
+
+
+def _got(err: Any) -> str:
+    if err["type"] == "missing":
+        return ""
+    value = err.get("input")
+    text = repr(value)
+    return f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+
+
+def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
+    current: Any = model
+    for name in path:
+        field = getattr(current, "model_fields", {}).get(name)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = next(
+            (a for a in (annotation, *getattr(annotation, "__args__", ())) if hasattr(a, "model_fields")),
+            None,
+        )
+        if current is None or current is PartSpec:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def config_error(exc: ValidationError) -> ConfigError:
+    """The ``ConfigError`` for a pydantic ``ValidationError`` raised while validating a TuneConfig."""
+    return ConfigError(problems_from_validation(exc, TuneConfig))

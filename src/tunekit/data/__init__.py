@@ -1,0 +1,1 @@
+"""From a user's data source to batches: loading, row formats, collation."""

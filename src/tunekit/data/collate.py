@@ -1,0 +1,37 @@
+"""Batch collation: pad each batch to its own longest row, never to max_length."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PadPerBatch:
+    """Pads ``input_ids`` with the pad id and ``labels`` with -100 to the batch's longest row.
+
+    Padding positions are masked by position (``attention_mask``), never by token id, so an
+    EOS token that equals the pad token is still attended to and trained.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            longest = (longest + m - 1) // m * m
+        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(features), longest), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            attention[i, :n] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}

@@ -1,0 +1,99 @@
+"""The plugin contract: every hook tunekit calls, and the markers to implement them.
+
+Writing a plugin takes three steps.
+
+1. Write a part. A part is a class with a ``name``, a one-line ``description`` and an
+   ``Options`` pydantic model (its own settings, validated under its name, so an error
+   reads ``strategy.rank: must be >= 1``). What else it needs depends on its kind; see the
+   protocols in :mod:`tunekit.parts`.
+2. Register it from a hook implementation::
+
+       from tunekit import hookimpl
+
+       @hookimpl
+       def register_strategies(register):
+           register(BitFitStrategy)
+
+3. Declare the module in your package's ``pyproject.toml`` so tunekit finds it::
+
+       [project.entry-points.tunekit]
+       bitfit = "tunekit_bitfit.plugin"
+
+Built-in parts are registered through these same hooks (see :mod:`tunekit.builtin`),
+so a plugin's part is a first-class citizen: it is validated, listed by
+``tunekit plugins`` and chosen by name exactly like ``"lora"``.
+
+The ``register_*`` hooks are called once when the plugin manager is created. The
+``on_*`` hooks are lifecycle callbacks called during :meth:`tunekit.Tuner.fit`; every
+implementation is called (none of them is ``firstresult``) and return values are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from tunekit.results import FitResult
+    from tunekit.tuner import Tuner
+
+PROJECT_NAME = "tunekit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+Register = Callable[[type[Any]], None]
+
+
+@hookspec
+def register_strategies(register: Register) -> None:
+    """Register strategy classes: which parameters train, and how.
+
+    Call ``register(cls)`` once per class. See :class:`tunekit.parts.Strategy`.
+    """
+
+
+@hookspec
+def register_quantizers(register: Register) -> None:
+    """Register quantizer classes: how the frozen base model is loaded.
+
+    Call ``register(cls)`` once per class. See :class:`tunekit.parts.Quantizer`.
+    """
+
+
+@hookspec
+def register_dataset_adapters(register: Register) -> None:
+    """Register dataset adapter classes: how a user's data source becomes rows.
+
+    Call ``register(cls)`` once per class. See :class:`tunekit.parts.DatasetAdapter`.
+    """
+
+
+@hookspec
+def register_objectives(register: Register) -> None:
+    """Register objective classes: how rows become token ids and labels.
+
+    Call ``register(cls)`` once per class. See :class:`tunekit.parts.Objective`.
+    """
+
+
+@hookspec
+def on_fit_start(tuner: Tuner) -> None:
+    """Called once before the first training step, after the model is prepared."""
+
+
+@hookspec
+def on_log(tuner: Tuner, step: int, logs: dict[str, float]) -> None:
+    """Called at each logging step with the logged values (``loss``, ``learning_rate``, ...)."""
+
+
+@hookspec
+def on_evaluate(tuner: Tuner, step: int, metrics: dict[str, float]) -> None:
+    """Called after each evaluation during ``fit`` with its metrics (``eval_loss``, ...)."""
+
+
+@hookspec
+def on_fit_end(tuner: Tuner, result: FitResult) -> None:
+    """Called once after training finished, with the typed result of ``fit``."""

@@ -1,0 +1,1 @@
+"""Loading base models and tokenizers, and inspecting their structure."""

@@ -1,0 +1,121 @@
+"""Find and load a base model and its tokenizer: a hub id, a local directory, or a .gguf file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunekit.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from. ``path`` is what ``from_pretrained`` is given."""
+
+    kind: Literal["local", "gguf", "hub"]
+    path: str
+    gguf_file: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_source(model: str) -> ModelSource:
+    """Classify ``model`` as a local directory, a .gguf file, or a hub id."""
+    path = Path(model).expanduser()
+    if model.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"model file {model!r} does not exist; check the path to the .gguf file.")
+        return ModelSource("gguf", str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model directory {model!r} has no config.json, so it is not a transformers model "
+                "directory. Point to the directory save_pretrained wrote (or to a .gguf file)."
+            )
+        return ModelSource("local", str(path))
+    if path.exists():
+        raise ModelLoadError(
+            f"{model!r} is a file but not a .gguf model; give a model directory, a .gguf file or a hub id."
+        )
+    if _looks_like_path(model):
+        raise ModelLoadError(f"model path {model!r} does not exist; check the path.")
+    return ModelSource("hub", model)
+
+
+def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadError:
+    if source.kind == "hub":
+        return ModelLoadError(
+            f"could not load the {what} {source.path!r} from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the "
+            "id, your network and HF_TOKEN for gated models; offline, pass a local model "
+            "directory or a .gguf file instead."
+        )
+    return ModelLoadError(f"could not load the {what} from {source.path!r} ({type(exc).__name__}: {exc}).")
+
+
+def load_tokenizer(
+    source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer and make it usable for training: it always has a pad token.
+
+    A missing pad token becomes the EOS token. That is safe here because padding is
+    masked by position (attention mask), never by token id, so EOS is still trained.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.path, trust_remote_code=trust_remote_code, revision=revision, **source.from_pretrained_kwargs()
+        )
+    except Exception as exc:
+        raise _load_error(source, "tokenizer", exc) from exc
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype,
+    extra_kwargs: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from ``source`` with the given dtype and quantizer kwargs."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(extra_kwargs or {})
+    if "quantization_config" not in kwargs:
+        kwargs["dtype"] = dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            **source.from_pretrained_kwargs(),
+            **kwargs,
+        )
+    except Exception as exc:
+        raise _load_error(source, "model", exc) from exc
+    if source.kind == "gguf":
+        # transformers marks GGUF-loaded models "quantized with gguf" and refuses to save them,
+        # but the tensors are already de-quantized to plain torch weights.
+        model.hf_quantizer = None
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        model.is_quantized = False  # type: ignore[misc]
+    return model  # type: ignore[no-any-return]

@@ -1,0 +1,105 @@
+"""The protocols every part implements, one per kind.
+
+A part is a small class. It is constructed with its validated ``Options`` instance and
+nothing else (never the whole run configuration), so it is easy to test on its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunekit.data.rows import LoadedData
+
+KINDS = ("strategy", "quantizer", "dataset_adapter", "objective")
+"""Every kind of part, in the order they are listed by ``tunekit plugins``."""
+
+
+class PartOptions(BaseModel):
+    """Base for a part's options: unknown keys are errors, and values are re-validated on change."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoOptions(PartOptions):
+    """For parts that take no options."""
+
+
+@runtime_checkable
+class Part(Protocol):
+    """What every part has, whatever its kind."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+
+class Strategy(Part, Protocol):
+    """Decides which parameters train, and how.
+
+    ``default_learning_rate`` is used when the user gives none: adapters and full
+    fine-tuning want rates an order of magnitude apart. ``trains_base_weights`` says
+    whether it updates weights of the base model itself (which a quantized base cannot do).
+    """
+
+    default_learning_rate: ClassVar[float]
+    uses_adapters: ClassVar[bool]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def check_quantizer(self, quantizer: Quantizer) -> str | None:
+        """Return why this strategy cannot train on a base loaded by ``quantizer``, or None."""
+
+    def prepare(self, model: PreTrainedModel, *, quantized: bool) -> torch.nn.Module:
+        """Freeze / wrap ``model`` for training and return the module to train."""
+
+    def trained_parameter_names(self, model: torch.nn.Module) -> set[str]:
+        """Names (as in ``model.named_parameters()``) of the parameters this strategy trains."""
+
+
+class Quantizer(Part, Protocol):
+    """Decides how the frozen base model is loaded."""
+
+    quantizes_base: ClassVar[bool]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def load_kwargs(self, compute_dtype: torch.dtype) -> dict[str, Any]:
+        """Extra keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
+
+    def prepare_for_training(
+        self, model: PreTrainedModel, *, gradient_checkpointing: bool
+    ) -> PreTrainedModel:
+        """Make a freshly loaded base ready for training (k-bit preparation, ...)."""
+
+
+class DatasetAdapter(Part, Protocol):
+    """Turns a data source given by the user into rows (a ``LoadedData``)."""
+
+    def __init__(self, options: Any) -> None: ...
+
+    def can_load(self, source: Any) -> bool:
+        """Whether this adapter understands ``source``; the first that does is used."""
+
+    def load(self, source: Any) -> LoadedData:
+        """Load ``source`` into train (and optionally eval) rows."""
+
+
+class Objective(Part, Protocol):
+    """Turns rows into ``input_ids`` and ``labels`` (-100 where no loss is taken)."""
+
+    def __init__(self, options: Any) -> None: ...
+
+    def accepts(self, row_format: str) -> bool:
+        """Whether rows of this format (``text``, ``prompt_completion``, ``chat``) can be used."""
+
+    def tokenize(
+        self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int
+    ) -> Dataset:
+        """Return a dataset with ``input_ids`` and ``labels`` columns (lists of ints)."""

@@ -1,0 +1,87 @@
+"""Typed registries of parts, one per kind, filled by plugins through the ``register_*`` hooks."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from tunekit.errors import PluginError, Problem, UnknownPartError, join_names
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered part class and the plugin (distribution) that provided it."""
+
+    kind: str
+    name: str
+    cls: type[Any]
+    plugin: str
+
+    @property
+    def description(self) -> str:
+        return str(getattr(self.cls, "description", "")).strip()
+
+    @property
+    def options_model(self) -> type[BaseModel]:
+        return self.cls.Options  # type: ignore[no-any-return]
+
+
+class Registry:
+    """The parts of one kind, by name.
+
+    >>> from tunekit.plugins import get_registry
+    >>> "lora" in get_registry("strategy")
+    True
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._parts: dict[str, Registration] = {}
+
+    def add(self, cls: type[Any], plugin: str) -> None:
+        name = getattr(cls, "name", None)
+        where = f"plugin {plugin!r} registered {self.kind} {cls!r}"
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{where} without a `name` class attribute (a non-empty string).")
+        options = getattr(cls, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, BaseModel)):
+            raise PluginError(
+                f"{where} whose `Options` is not a pydantic model; "
+                "subclass tunekit.parts.PartOptions (use NoOptions when it takes none)."
+            )
+        if name in self._parts:
+            first = self._parts[name]
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {first.plugin!r} "
+                f"and by plugin {plugin!r}. Uninstall one of them, or block one with "
+                f"TUNEKIT_BLOCK_PLUGINS={plugin}."
+            )
+        self._parts[name] = Registration(self.kind, name, cls, plugin)
+
+    def get(self, name: str, *, location: str | None = None) -> Registration:
+        """The registration for ``name``; an unknown name names the installed ones and the closest."""
+        try:
+            return self._parts[name]
+        except KeyError:
+            raise UnknownPartError([Problem(location or self.kind, self.unknown_message(name))]) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(str(name), list(self._parts), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"unknown {self.kind.replace('_', ' ')} {name!r}.{hint} Installed: "
+            f"{join_names(self._parts)}. A plugin package can add more (see `tunekit plugins`)."
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parts
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(self._parts.values())
+
+    def names(self) -> list[str]:
+        return list(self._parts)

@@ -1,0 +1,73 @@
+"""Typed results returned by ``Tuner.fit`` and ``Tuner.evaluate``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class LogPoint(BaseModel):
+    """One logged training step."""
+
+    step: int
+    loss: float
+    learning_rate: float | None = None
+
+
+class EvalPoint(BaseModel):
+    """One evaluation during training."""
+
+    step: int
+    loss: float
+
+
+class EvalResult(BaseModel):
+    """Token-weighted loss and perplexity of a model on a dataset."""
+
+    loss: float = Field(description="Mean cross-entropy per trained (unmasked) token.")
+    perplexity: float = Field(description="exp(loss).")
+    tokens: int = Field(description="Trained tokens the loss was averaged over.")
+    rows: int = Field(description="Rows evaluated (after tokenization).")
+
+
+class FitResult(BaseModel):
+    """What ``Tuner.fit`` measured.
+
+    ``peak_memory_kind`` says what ``peak_memory_bytes`` is: CUDA allocations, or the
+    process's resident-set peak on a CPU.
+    """
+
+    strategy: str
+    objective: str
+    trainable_params: int
+    total_params: int
+    steps: int
+    train_loss: float = Field(description="The last logged training loss.")
+    mean_train_loss: float = Field(description="Mean training loss over the whole run.")
+    eval_loss: float | None = None
+    eval_perplexity: float | None = None
+    loss_history: list[LogPoint] = Field(default_factory=list)
+    eval_history: list[EvalPoint] = Field(default_factory=list)
+    tokens_seen: int = Field(description="Non-padding tokens fed to the model during training.")
+    wall_time_s: float
+    tokens_per_second: float
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    precision: str
+    output_dir: str
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"strategy {self.strategy} ({self.objective}), precision {self.precision}",
+            f"trainable params {self.trainable_params:,} / {self.total_params:,} ({self.trainable_percent:.2f}%)",
+            f"steps {self.steps}, final train loss {self.train_loss:.4f}"
+            + (f", eval loss {self.eval_loss:.4f} (ppl {self.eval_perplexity:.2f})" if self.eval_loss is not None else ""),
+            f"{self.tokens_seen:,} tokens in {self.wall_time_s:.1f}s ({self.tokens_per_second:,.0f} tok/s), "
+            f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB ({self.peak_memory_kind})",
+            f"output: {self.output_dir}",
+        ]
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Running training: precision choice, memory measurement, and the Trainer wiring."""

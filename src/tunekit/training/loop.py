@@ -1,0 +1,158 @@
+"""Training on transformers' Trainer (and so on accelerate): arguments, callbacks, progress."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tunekit.data.collate import PadPerBatch
+from tunekit.errors import TunekitError
+from tunekit.results import EvalPoint, LogPoint
+from tunekit.training.memory import PeakMemory
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+    from tunekit.config import TrainingOptions
+    from tunekit.training.precision import Precision
+
+
+@dataclass
+class TrainOutcome:
+    """What the training loop measured."""
+
+    steps: int
+    mean_loss: float
+    loss_history: list[LogPoint] = field(default_factory=list)
+    eval_history: list[EvalPoint] = field(default_factory=list)
+    tokens_seen: int = 0
+    wall_time_s: float = 0.0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+
+
+def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: bool) -> list[Any]:
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Recorder(TrainerCallback):  # type: ignore[misc]
+        """Keeps the loss curve and forwards logs to tunekit's lifecycle hooks."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" in logs:
+                outcome.loss_history.append(
+                    LogPoint(step=state.global_step, loss=float(logs["loss"]), learning_rate=logs.get("learning_rate"))
+                )
+                if not math.isfinite(float(logs["loss"])):
+                    raise TunekitError(
+                        f"the training loss became {logs['loss']} at step {state.global_step}; lower "
+                        "training.learning_rate or check the data. Training stopped."
+                    )
+            if "eval_loss" in logs:
+                outcome.eval_history.append(EvalPoint(step=state.global_step, loss=float(logs["eval_loss"])))
+                on_evaluate(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+            on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        """A progress bar with the current loss (replaces Trainer's, which prints raw dicts)."""
+
+        bar: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, desc="fit", unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if self.bar is not None and logs:
+                post = {k: f"{logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs}
+                if post:
+                    self.bar.set_postfix(post, refresh=True)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return [Recorder()] + ([Progress()] if progress else [])
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train_rows: Dataset,
+    eval_rows: Dataset | None,
+    *,
+    options: TrainingOptions,
+    learning_rate: float,
+    precision: Precision,
+    output_dir: str,
+    on_log: Any,
+    on_evaluate: Any,
+) -> TrainOutcome:
+    """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    o = options
+    args = TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=o.batch_size,
+        per_device_eval_batch_size=o.batch_size,
+        gradient_accumulation_steps=o.gradient_accumulation,
+        num_train_epochs=o.epochs,
+        max_steps=o.max_steps if o.max_steps is not None else -1,
+        learning_rate=learning_rate,
+        lr_scheduler_type=o.scheduler,
+        warmup_steps=o.warmup_ratio,
+        weight_decay=o.weight_decay,
+        max_grad_norm=o.max_grad_norm,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=precision.device == "cpu",
+        seed=o.seed,
+        data_seed=o.seed,
+        logging_steps=o.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if (o.eval_steps and eval_rows is not None) else "no",
+        eval_steps=o.eval_steps,
+        save_strategy="steps" if o.save_steps else "no",
+        save_steps=o.save_steps,
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        activation_checkpointing=o.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
+        train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+        length_column_name="length",
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=precision.device == "cuda",
+        log_level="warning",
+    )
+    outcome = TrainOutcome(steps=0, mean_loss=float("nan"))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
+        callbacks=_callbacks(outcome, on_log, on_evaluate, o.progress_bar),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    start = time.perf_counter()
+    with PeakMemory(precision.device) as peak:
+        output = trainer.train()
+    outcome.wall_time_s = time.perf_counter() - start
+    outcome.peak_memory_bytes, outcome.peak_memory_kind = peak.peak_bytes, peak.kind
+    outcome.steps = int(trainer.state.global_step)
+    outcome.mean_loss = float(output.training_loss)
+    outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
+    return outcome
