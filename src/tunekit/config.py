@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from tunekit.errors import ConfigError, Problem, TunekitError
+from tunekit.errors import ConfigError, Problem, TunekitError, UnknownPartError
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -80,6 +80,14 @@ class DataOptions(BaseModel):
 
     model_config = _STRICT
 
+    train: str | None = Field(
+        default=None,
+        description="Path to the training data file (.jsonl/.json/.csv/.parquet/.txt), used when "
+        "fit() is given no data (and by `tunekit fit`).",
+    )
+    eval: str | None = Field(
+        default=None, description="Path to an evaluation data file, used when fit() is given none."
+    )
     adapter: PartSpec | None = Field(
         default=None,
         description="Dataset adapter to use; None picks the first installed adapter that "
@@ -309,7 +317,7 @@ def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
             continue
         registry = get_registry(kind)
         if spec.name not in registry:
-            problems.append(Problem(location, registry.unknown_message(spec.name)))
+            problems.append(Problem(location, registry.unknown_message(spec.name), "unknown_part"))
             continue
         reg = registry.get(spec.name)
         try:
@@ -413,4 +421,7 @@ def _fields_at(model: type[BaseModel] | None, path: list[str]) -> list[str]:
 
 def config_error(exc: ValidationError) -> ConfigError:
     """The ``ConfigError`` for a pydantic ``ValidationError`` raised while validating a TuneConfig."""
-    return ConfigError(problems_from_validation(exc, TuneConfig))
+    problems = problems_from_validation(exc, TuneConfig)
+    if any(p.code == "unknown_part" for p in problems):
+        return UnknownPartError(problems)
+    return ConfigError(problems)

@@ -20,6 +20,8 @@ class Problem:
 
     location: str
     message: str
+    code: str = ""
+    """A machine-readable kind, e.g. ``unknown_part``."""
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 KINDS = ("strategy", "quantizer", "dataset_adapter", "objective")
 """Every kind of part, in the order they are listed by ``tunekit plugins``."""
 
+KIND_PLURALS = {
+    "strategy": "strategies",
+    "quantizer": "quantizers",
+    "dataset_adapter": "dataset adapters",
+    "objective": "objectives",
+}
+
 
 class PartOptions(BaseModel):
     """Base for a part's options: unknown keys are errors, and values are re-validated on change."""

@@ -167,7 +167,22 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     except pluggy.PluginValidationError as exc:
         pm.unregister(plugin)
         raise PluginError(f"plugin {plugin_name!r} implements a hook tunekit does not have: {exc}") from exc
-    for kind, hook_name in _REGISTER_HOOKS.items():
-        impl_fn = getattr(plugin, hook_name, None)
-        if impl_fn is not None:
-            impl_fn(register=lambda cls, _k=kind: plugins.registries[_k].add(cls, plugin_name))
+    added: list[tuple[str, str]] = []
+
+    def adder(kind: str) -> Any:
+        def register(cls: type[Any]) -> None:
+            plugins.registries[kind].add(cls, plugin_name)
+            added.append((kind, cls.name))
+
+        return register
+
+    try:
+        for kind, hook_name in _REGISTER_HOOKS.items():
+            impl_fn = getattr(plugin, hook_name, None)
+            if impl_fn is not None:
+                impl_fn(register=adder(kind))
+    except BaseException:
+        for kind, name in added:
+            plugins.registries[kind].remove(name)
+        pm.unregister(plugin)
+        raise

@@ -62,12 +62,15 @@ class Registry:
             )
         self._parts[name] = Registration(self.kind, name, cls, plugin)
 
+    def remove(self, name: str) -> None:
+        self._parts.pop(name, None)
+
     def get(self, name: str, *, location: str | None = None) -> Registration:
         """The registration for ``name``; an unknown name names the installed ones and the closest."""
         try:
             return self._parts[name]
         except KeyError:
-            raise UnknownPartError([Problem(location or self.kind, self.unknown_message(name))]) from None
+            raise UnknownPartError([Problem(location or self.kind, self.unknown_message(name), "unknown_part")]) from None
 
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), list(self._parts), n=1)

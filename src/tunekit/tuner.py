@@ -75,7 +75,16 @@ class Tuner:
         """A Tuner from a ``.yaml``/``.toml``/``.json`` config file, with optional overrides."""
         from tunekit.config import read_config_file
 
-        return cls({**read_config_file(path), **overrides})
+        data = read_config_file(path)
+        section = data.get("data")
+        if isinstance(section, dict):  # data files are relative to the config file, not the cwd
+            for key in ("train", "eval"):
+                value = section.get(key)
+                if isinstance(value, str) and not Path(value).is_absolute():
+                    candidate = Path(path).parent / value
+                    if candidate.exists():
+                        section[key] = str(candidate)
+        return cls({**data, **overrides})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Tuner:
@@ -169,7 +178,7 @@ class Tuner:
         return name, train, evals
 
     # -- the verbs ------------------------------------------------------------------------------
-    def fit(self, train: Any, eval: Any = None, *, overwrite: bool = False) -> FitResult:
+    def fit(self, train: Any = None, eval: Any = None, *, overwrite: bool = False) -> FitResult:
         """Train on ``train`` (rows, a dataset, a DataFrame or a file path) and return what was measured.
 
         ``eval`` is evaluated at ``training.eval_steps`` and at the end; without it, a
@@ -182,6 +191,12 @@ class Tuner:
         from tunekit.plugins import get_plugins
         from tunekit.training.loop import train as run_training
 
+        if train is None:
+            train = self.config.data.train
+            if train is None:
+                raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
+        if eval is None:
+            eval = self.config.data.eval
         rows = self._rows(train, eval)
         objective, train_rows, eval_rows = self._tokenize(rows)
         if len(train_rows) == 0:
