@@ -46,9 +46,9 @@ def test_unknown_option_lists_valid_ones():
 def test_full_finetune_of_quantized_base_is_refused_at_validation():
     with pytest.raises(ConfigError, match="strategy: 'full' .* Use strategy='lora'"):
         TuneConfig(model="gpt2", strategy="full", quantizer="bnb-4bit")
-    with pytest.raises(ConfigError, match="last_n_blocks"):
-        TuneConfig(model="gpt2", strategy={"name": "head", "last_n_blocks": 1}, quantizer="bnb-8bit")
-    TuneConfig(model="gpt2", strategy="head", quantizer="bnb-8bit")  # the head itself is not quantized
+    with pytest.raises(ConfigError, match="strategy: 'head' cannot train on a 'bnb-8bit' base"):
+        TuneConfig(model="gpt2", strategy="head", quantizer="bnb-8bit")
+    TuneConfig(model="gpt2", strategy="lora", quantizer="bnb-4bit")  # QLoRA is fine
 
 
 def test_part_mapping_without_name():

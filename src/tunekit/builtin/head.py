@@ -44,11 +44,13 @@ class HeadStrategy:
         self.options = options
 
     def check_quantizer(self, quantizer: Any) -> str | None:
-        if quantizer.quantizes_base and self.options.last_n_blocks > 0:
+        if quantizer.quantizes_base:
+            # transformers' Trainer refuses to train a quantized model without adapters, and the
+            # blocks (last_n_blocks) would be quantized weights that cannot be updated anyway.
             return (
-                f"'head' with last_n_blocks={self.options.last_n_blocks} would update quantized "
-                f"weights of a {quantizer.name!r} base. Use last_n_blocks=0 (the head is not "
-                "quantized), strategy='lora', or quantizer='none'."
+                f"'head' cannot train on a {quantizer.name!r} base: only adapters can be trained on "
+                "top of quantized weights. Use quantizer='none' (the head is small), or "
+                "strategy='lora' (QLoRA)."
             )
         return None
 
