@@ -102,9 +102,9 @@ def test_to_file_round_trips(tmp_path):
 
 
 def test_precision_the_hardware_cannot_honour_is_an_error():
-    from tunekit import HardwareError
-
     import torch
+
+    from tunekit import HardwareError
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU path")

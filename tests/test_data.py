@@ -142,7 +142,8 @@ def test_model_path_errors(tmp_path):
 
 def test_fit_refuses_an_existing_run_and_save_refuses_to_overwrite(tiny_gpt2, tmp_path):
     from tests.conftest import quick
-    from tunekit import Tuner, TunekitError
+
+    from tunekit import TunekitError, Tuner
 
     out = tmp_path / "run"
     tuner = Tuner(model=str(tiny_gpt2), output_dir=str(out), training=quick(max_steps=1))

@@ -40,7 +40,7 @@ def test_sft_masks_the_prompt_and_trains_eos_when_pad_equals_eos(gpt2_tok):
 def test_sft_chat_trains_assistant_turns_only(llama_tok):
     row = chat_rows(1)[0]
     out = SFTObjective(SFTOptions()).tokenize(Dataset.from_list([row]), llama_tok, max_length=256)[0]
-    trained = [t for t, label in zip(out["input_ids"], out["labels"]) if label != IGNORE_INDEX]
+    trained = [t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label != IGNORE_INDEX]
     text = llama_tok.decode(trained)
     assert text.startswith(row["messages"][2]["content"])
     assert "You reverse words" not in text and "Reverse:" not in text
@@ -70,7 +70,7 @@ def test_causal_lm_trains_every_token_in_blocks(gpt2_tok, packing):
     texts = Dataset.from_list([{"text": "red green blue " * 20}, {"text": "cat dog"}])
     out = CausalLMObjective(CausalLMOptions(packing=packing)).tokenize(texts, gpt2_tok, max_length=16)
     assert all(len(ids) <= 16 for ids in out["input_ids"])
-    assert all(ids == labels for ids, labels in zip(out["input_ids"], out["labels"]))
+    assert all(ids == labels for ids, labels in zip(out["input_ids"], out["labels"], strict=True))
     total = sum(len(ids) for ids in out["input_ids"])
     expected = sum(len(gpt2_tok(t)["input_ids"]) + 1 for t in texts["text"])  # + EOS each
     assert total == expected
@@ -87,6 +87,7 @@ def test_collator_pads_to_the_longest_in_the_batch_not_max_length():
 
 def test_objective_chosen_from_the_row_format(tiny_gpt2, tmp_path):
     from tests.conftest import quick
+
     from tunekit import ConfigError, Tuner
     from tunekit.testing import text_rows
 

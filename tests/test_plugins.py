@@ -94,6 +94,7 @@ def test_part_without_options_model_is_refused():
 
 def test_lifecycle_hooks_called_during_fit(tiny_gpt2, tmp_path):
     from tests.conftest import quick
+
     from tunekit import Tuner
     from tunekit.testing import sft_rows
 

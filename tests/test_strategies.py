@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import quick
+
 from tunekit import Tuner
 from tunekit.testing import sft_rows, text_rows
 

@@ -99,8 +99,8 @@ def _fill_registries(pm: pluggy.PluginManager, plugins: Plugins) -> None:
         for impl in reversed(hook.get_hookimpls()):
             plugin = plugins.distributions.get(impl.plugin_name, impl.plugin_name)
 
-            def register(cls: type[Any], _plugin: str = plugin) -> None:
-                registry.add(cls, _plugin)
+            def register(cls: type[Any], _plugin: str = plugin, _registry: Registry = registry) -> None:
+                _registry.add(cls, _plugin)
 
             impl.function(register=register)
 

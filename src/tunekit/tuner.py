@@ -75,7 +75,7 @@ class Tuner:
         """A Tuner from a ``.yaml``/``.toml``/``.json`` config file, with optional overrides."""
         from tunekit.config import read_config_file
 
-        data = read_config_file(path)
+        data = read_config_file(Path(path))
         section = data.get("data")
         if isinstance(section, dict):  # data files are relative to the config file, not the cwd
             for key in ("train", "eval"):
@@ -135,14 +135,18 @@ class Tuner:
         cfg = self.config
         base = ModelSource("local", str(model_path)) if model_path else resolve_source(cfg.model)
         tok_source = ModelSource("local", str(adapter_path)) if adapter_path else base
-        remote = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision if base.kind == "hub" else None}
-        tokenizer = load_tokenizer(tok_source, **remote)
+        revision = cfg.revision if base.kind == "hub" else None
+        remote = cfg.trust_remote_code
+        tokenizer = load_tokenizer(tok_source, trust_remote_code=remote, revision=revision)
         if cfg.data.chat_template:
             tokenizer.chat_template = cfg.data.chat_template
         # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
         frozen_base = self.strategy.uses_adapters
         dtype = self.precision.compute_dtype if frozen_base else torch.float32
-        model = load_model(base, dtype=dtype, extra_kwargs=self.quantizer.load_kwargs(self.precision.compute_dtype), **remote)
+        model: Any = load_model(
+            base, dtype=dtype, extra_kwargs=self.quantizer.load_kwargs(self.precision.compute_dtype),
+            trust_remote_code=remote, revision=revision,
+        )
         gc = cfg.training.gradient_checkpointing
         model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
         set_seed(cfg.training.seed)
@@ -288,7 +292,7 @@ class Tuner:
                 out = model.generate(**enc, **kwargs)  # type: ignore[operator]
         finally:
             model.train(was_training)
-        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)  # type: ignore[no-any-return]
+        return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -82,7 +82,7 @@ class HeadStrategy:
 
 
 def _untie_in_config(model: torch.nn.Module) -> None:
-    config = model.config
+    config: Any = model.config
     config.tie_word_embeddings = False
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else None
     if text_config is not None and text_config is not config:

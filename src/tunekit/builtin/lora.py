@@ -67,7 +67,7 @@ class LoraStrategy:
         return LoraConfig(
             task_type="CAUSAL_LM",
             r=o.rank,
-            lora_alpha=o.alpha if o.alpha is not None else 2 * o.rank,
+            lora_alpha=o.alpha if o.alpha is not None else 2 * o.rank,  # type: ignore[arg-type]
             lora_dropout=o.dropout,
             target_modules=targets,
             use_dora=o.use_dora,

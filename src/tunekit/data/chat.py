@@ -18,7 +18,7 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
             "data.chat_template to a Jinja template, or give prompt/completion rows instead."
         )
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)  # type: ignore[no-any-return]
+        return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
     except Exception as exc:
         raise DataError(f"the chat template failed on a row ({type(exc).__name__}: {exc}).") from None
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunekit.errors import ConfigError, DataError, Problem, join_names
 from tunekit.data.rows import normalise_rows
+from tunekit.errors import ConfigError, DataError, Problem, join_names
 
 if TYPE_CHECKING:
     from datasets import Dataset

@@ -114,8 +114,8 @@ def load_model(
     if source.kind == "gguf":
         # transformers marks GGUF-loaded models "quantized with gguf" and refuses to save them,
         # but the tensors are already de-quantized to plain torch weights.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
-        model.is_quantized = False  # type: ignore[misc]
+        model.is_quantized = False  # type: ignore[assignment,misc]
     return model  # type: ignore[no-any-return]

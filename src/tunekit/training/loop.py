@@ -124,7 +124,7 @@ def train(
         eval_strategy="steps" if (o.eval_steps and eval_rows is not None) else "no",
         eval_steps=o.eval_steps,
         save_strategy="steps" if o.save_steps else "no",
-        save_steps=o.save_steps,
+        save_steps=o.save_steps or 500,
         report_to="none",
         remove_unused_columns=False,
         disable_tqdm=True,
