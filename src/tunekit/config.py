@@ -151,6 +151,9 @@ class TrainingOptions(BaseModel):
     save_steps: int | None = Field(
         default=None, ge=1, description="Write a checkpoint every N steps (None: no checkpoints)."
     )
+    keep_checkpoints: int | None = Field(
+        default=2, ge=1, description="Keep only the N newest checkpoints (None: keep all)."
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass to save memory."
     )

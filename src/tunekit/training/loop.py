@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunekit.data.collate import PadPerBatch
-from tunekit.errors import TunekitError
 from tunekit.results import EvalPoint, LogPoint
 from tunekit.training.memory import PeakMemory
 
@@ -48,11 +46,6 @@ def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: b
                 outcome.loss_history.append(
                     LogPoint(step=state.global_step, loss=float(logs["loss"]), learning_rate=logs.get("learning_rate"))
                 )
-                if not math.isfinite(float(logs["loss"])):
-                    raise TunekitError(
-                        f"the training loss became {logs['loss']} at step {state.global_step}; lower "
-                        "training.learning_rate or check the data. Training stopped."
-                    )
             if "eval_loss" in logs:
                 outcome.eval_history.append(EvalPoint(step=state.global_step, loss=float(logs["eval_loss"])))
                 on_evaluate(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
@@ -96,10 +89,13 @@ def train(
     output_dir: str,
     on_log: Any,
     on_evaluate: Any,
+    resume_from: str | None = None,
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from tunekit.training.trainer import InterruptCallback, TrainingInterrupted, TunekitTrainer
 
     o = options
     args = TrainingArguments(
@@ -135,21 +131,34 @@ def train(
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=precision.device == "cuda",
         log_level="warning",
+        logging_nan_inf_filter=False,
     )
     outcome = TrainOutcome(steps=0, mean_loss=float("nan"))
-    trainer = Trainer(
+    interrupt = InterruptCallback()
+    trainer = TunekitTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         data_collator=PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
-        callbacks=_callbacks(outcome, on_log, on_evaluate, o.progress_bar),
+        callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
     )
+    trainer.keep_checkpoints = o.keep_checkpoints
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
-    with PeakMemory(precision.device) as peak:
-        output = trainer.train()
+    interrupt.install()
+    try:
+        with PeakMemory(precision.device) as peak:
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        interrupt.uninstall()
+    if interrupt.interrupted:
+        raise TrainingInterrupted(
+            f"training was interrupted at step {trainer.state.global_step}; a checkpoint was saved in "
+            f"{output_dir}/checkpoint-{trainer.state.global_step}. Resume with fit(..., resume=True) "
+            "or `tunekit fit CONFIG --resume`."
+        )
     outcome.wall_time_s = time.perf_counter() - start
     outcome.peak_memory_bytes, outcome.peak_memory_kind = peak.peak_bytes, peak.kind
     outcome.steps = int(trainer.state.global_step)
