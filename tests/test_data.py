@@ -148,7 +148,7 @@ def test_fit_refuses_an_existing_run_and_save_refuses_to_overwrite(tiny_gpt2, tm
     out = tmp_path / "run"
     tuner = Tuner(model=str(tiny_gpt2), output_dir=str(out), training=quick(max_steps=1))
     tuner.fit(ROWS)
-    with pytest.raises(TunekitError, match="already holds a finished tunekit run"):
+    with pytest.raises(TunekitError, match="already holds a tunekit run; .*resume=True"):
         tuner.fit(ROWS)
     tuner.fit(ROWS, overwrite=True)
     (tmp_path / "keep").mkdir()

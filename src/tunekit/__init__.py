@@ -26,6 +26,7 @@ from tunekit.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from tunekit.comparison import compare
     from tunekit.config import TuneConfig
     from tunekit.results import EvalResult, FitResult
     from tunekit.tuner import Tuner
@@ -35,6 +36,7 @@ _LAZY = {
     "TuneConfig": "tunekit.config",
     "FitResult": "tunekit.results",
     "EvalResult": "tunekit.results",
+    "compare": "tunekit.comparison",
 }
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "TunekitError",
     "UnknownPartError",
     "__version__",
+    "compare",
     "hookimpl",
 ]
 

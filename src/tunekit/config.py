@@ -129,7 +129,7 @@ class TrainingOptions(BaseModel):
         default=None,
         gt=0,
         description="Peak learning rate; None uses the strategy's default (LoRA 2e-4, full 2e-5, "
-        "head 1e-3).",
+        "head 5e-4).",
     )
     scheduler: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"

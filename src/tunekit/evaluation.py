@@ -1,18 +1,136 @@
-"""Evaluation of a model on tokenized rows: token-weighted loss and perplexity."""
+"""Evaluation of a model on rows: token-weighted loss, and any registered metric.
+
+Metrics are parts (see :class:`tunekit.parts.Metric` and the ``register_metrics`` hook).
+A metric ``needs`` either the loss of the rows, or the model's generated answers: for
+those, every ``sft`` row (prompt/completion or chat) is answered greedily, in left-padded
+batches, and the answer is compared with the row's reference (the ``completion``, or the
+last assistant message).
+
+>>> from tunekit.evaluation import MetricInputs, normalize
+>>> normalize("  Paris \\n", case_fold=True)
+'paris'
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, ValidationError
 
 from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
-from tunekit.results import EvalResult
+from tunekit.errors import ConfigError, DataError, Problem
+from tunekit.parts import PartOptions
+from tunekit.results import EvalResult, Generation
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_METRICS = ("loss", "perplexity")
+"""What ``Tuner.evaluate`` measures when it is given no ``metrics``."""
+
+EXTRA_NEW_TOKENS = 8
+"""Generation budget beyond the longest reference answer (see :func:`generate_answers`)."""
 
 
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric is computed from.
+
+    ``loss`` is the mean cross-entropy per trained token (``nan`` without trained tokens).
+    ``predictions`` and ``references`` are the generated and the reference answers, row by
+    row; they are ``None`` unless some requested metric ``needs`` generation.
+    """
+
+    loss: float
+    tokens: int
+    rows: int
+    predictions: list[str] | None = None
+    references: list[str] | None = None
+
+    def pairs(self, metric: str) -> list[tuple[str, str]]:
+        """``(prediction, reference)`` per row, or a ``DataError`` when nothing was generated."""
+        if self.predictions is None or self.references is None:
+            raise DataError(f"metric {metric!r} needs generated answers, but none were produced.")
+        return list(zip(self.predictions, self.references, strict=True))
+
+
+class TextNormalization(PartOptions):
+    """Options of the metrics that compare texts: how both sides are normalised first."""
+
+    strip: bool = Field(default=True, description="Strip leading and trailing whitespace.")
+    case_fold: bool = Field(default=False, description="Compare case-insensitively (str.casefold).")
+
+
+def normalize(text: str, *, strip: bool = True, case_fold: bool = False) -> str:
+    """``text`` stripped and/or case-folded, as the text metrics compare it."""
+    if strip:
+        text = text.strip()
+    if case_fold:
+        text = text.casefold()
+    return text
+
+
+# -- choosing metrics ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChosenMetric:
+    """A metric part, built with its validated options, under the name it is reported as."""
+
+    name: str
+    metric: Any
+
+    @property
+    def needs(self) -> str:
+        return str(getattr(self.metric, "needs", "loss"))
+
+
+def build_metrics(specs: Sequence[str | Mapping[str, Any]] | str | None) -> list[ChosenMetric]:
+    """Metric parts for ``specs``: names (``"exact_match"``) or mappings with options
+    (``{"name": "exact_match", "case_fold": True}``). Every problem is reported at once."""
+    from tunekit.config import PartSpec, problems_from_validation
+    from tunekit.plugins import get_registry
+
+    if specs is None:
+        specs = DEFAULT_METRICS
+    if isinstance(specs, (str, Mapping)):
+        specs = [specs]
+    registry = get_registry("metric")
+    chosen: list[ChosenMetric] = []
+    problems: list[Problem] = []
+    for i, spec in enumerate(specs):
+        where = f"metrics[{i}]"
+        try:
+            part = PartSpec.model_validate(spec)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, prefix=where))
+            continue
+        if part.name not in registry:
+            problems.append(Problem(where, registry.unknown_message(part.name), "unknown_part"))
+            continue
+        reg = registry.get(part.name)
+        try:
+            options = reg.options_model.model_validate(part.options)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, reg.options_model, prefix=f"metrics.{part.name}"))
+            continue
+        if any(c.name == part.name for c in chosen):
+            problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))
+            continue
+        chosen.append(ChosenMetric(part.name, reg.cls(options)))
+    if problems:
+        from tunekit.errors import UnknownPartError
+
+        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
+    if not chosen:
+        raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
+    return chosen
+
+
+# -- loss ---------------------------------------------------------------------------------------------
 def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, batch_size: int = 8) -> EvalResult:
     """Mean cross-entropy per trained token over ``rows`` (``input_ids`` + ``labels``).
 
@@ -45,4 +163,153 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
     finally:
         model.train(was_training)
     mean = total_loss / total_tokens if total_tokens else float("nan")
-    return EvalResult(loss=mean, perplexity=math.exp(min(mean, 700.0)), tokens=total_tokens, rows=len(rows))
+    return EvalResult(
+        loss=mean,
+        perplexity=math.exp(min(mean, 700.0)),
+        tokens=total_tokens,
+        rows=len(rows),
+        metrics={"loss": mean, "perplexity": math.exp(min(mean, 700.0))},
+    )
+
+
+# -- generation -----------------------------------------------------------------------------------
+def prompts_and_references(rows: Dataset, row_format: str) -> tuple[list[Any], list[str]]:
+    """The prompt (text, or the messages before the answer) and reference answer of every sft row."""
+    if row_format == "prompt_completion":
+        return list(rows["prompt"]), list(rows["completion"])
+    if row_format == "chat":
+        prompts: list[Any] = []
+        references: list[str] = []
+        for i, row in enumerate(rows):
+            messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+            if last is None:
+                raise DataError(f"eval row {i} has no 'assistant' message to compare the generated answer with.")
+            prompts.append(messages[:last])
+            references.append(messages[last]["content"])
+        return prompts, references
+    raise DataError(
+        f"generation metrics compare the model's answer with a reference answer, so they need "
+        f"prompt/completion or chat rows; these rows are {row_format!r}. Use 'loss' or "
+        "'perplexity' for raw text."
+    )
+
+
+def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, config_eos):
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None and int(item) not in ids:
+                ids.append(int(item))
+    return ids
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str | list[dict[str, str]]],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers to ``prompts`` (texts, or chats rendered with the chat template).
+
+    Prompts are sorted by length and left-padded per batch, so a batch wastes little
+    compute on padding and every answer starts right after its own prompt; the answers
+    come back in the order of ``prompts``.
+    """
+    import torch
+
+    from tunekit.data.chat import render_generation_prompt
+
+    if not prompts:
+        return []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for prompt in prompts:
+        text, add_special = render_generation_prompt(tokenizer, prompt)
+        encoded.append(list(tokenizer(text, add_special_tokens=add_special)["input_ids"]))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[str] = [""] * len(encoded)
+    device = next(model.parameters()).device
+    eos = _eos_ids(model, tokenizer)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(encoded), desc="evaluate (generating)", unit="row", dynamic_ncols=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                longest = max(len(encoded[i]) for i in batch)
+                ids = torch.tensor([[pad] * (longest - len(encoded[i])) + encoded[i] for i in batch], device=device)
+                mask = torch.tensor([[0] * (longest - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=eos or None,
+                )
+                for row, i in enumerate(batch):
+                    answers[i] = tokenizer.decode(out[row, longest:], skip_special_tokens=True)
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return answers
+
+
+def answer_budget(tokenizer: PreTrainedTokenizerBase, references: Sequence[str]) -> int:
+    """New tokens to generate: the longest reference plus :data:`EXTRA_NEW_TOKENS`.
+
+    A longer answer could not match the reference anyway, and a model that never stops
+    (a base model often does not) would otherwise make evaluation as slow as it is long.
+    """
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0)
+    return longest + EXTRA_NEW_TOKENS
+
+
+# -- all together -------------------------------------------------------------------------------
+def evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset,
+    row_format: str,
+    tokenized: Dataset,
+    metrics: Sequence[ChosenMetric],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Loss over ``tokenized`` and every metric in ``metrics`` over ``rows``.
+
+    ``rows`` are the canonical rows (``prompt_completion``/``chat``/``text``) and
+    ``tokenized`` the same rows after the objective. Generation runs only when a metric
+    needs it; ``max_new_tokens`` defaults to :func:`answer_budget`.
+    """
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size)
+    predictions = references = None
+    generations: list[Generation] = []
+    if any(m.needs == "generation" for m in metrics):
+        prompts, references = prompts_and_references(rows, row_format)
+        budget = max_new_tokens if max_new_tokens is not None else answer_budget(tokenizer, references)
+        predictions = generate_answers(
+            model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=budget, progress=progress
+        )
+        generations = [
+            Generation(prompt=p, reference=r, prediction=a) for p, r, a in zip(prompts, references, predictions, strict=True)
+        ]
+    inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references)
+    values = {m.name: float(m.metric.compute(inputs)) for m in metrics}
+    return base.model_copy(update={"metrics": values, "generations": generations})

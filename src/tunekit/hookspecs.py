@@ -80,6 +80,23 @@ def register_objectives(register: Register) -> None:
 
 
 @hookspec
+def register_metrics(register: Register) -> None:
+    """Register metric classes: how a model is scored by ``Tuner.evaluate(data, metrics=[...])``.
+
+    Call ``register(cls)`` once per class. See :class:`tunekit.parts.Metric`.
+    """
+
+
+@hookspec
+def register_model_aliases(register: Register) -> None:
+    """Register model aliases: short names such as ``"smollm2-135m"`` for a model source.
+
+    Call ``register(cls)`` once per class; ``cls().resolve()`` returns the hub id, local
+    directory or ``.gguf`` file the alias stands for. See :class:`tunekit.parts.ModelAlias`.
+    """
+
+
+@hookspec
 def on_fit_start(tuner: Tuner) -> None:
     """Called once before the first training step, after the model is prepared."""
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tunekit.data.rows import LoadedData
+    from tunekit.evaluation import MetricInputs
 
-KINDS = ("strategy", "quantizer", "dataset_adapter", "objective")
+KINDS = ("strategy", "quantizer", "dataset_adapter", "objective", "metric", "model_alias")
 """Every kind of part, in the order they are listed by ``tunekit plugins``."""
 
 KIND_PLURALS = {
@@ -25,6 +26,8 @@ KIND_PLURALS = {
     "quantizer": "quantizers",
     "dataset_adapter": "dataset adapters",
     "objective": "objectives",
+    "metric": "metrics",
+    "model_alias": "model aliases",
 }
 
 
@@ -51,12 +54,13 @@ class Strategy(Part, Protocol):
     """Decides which parameters train, and how.
 
     ``default_learning_rate`` is used when the user gives none: adapters and full
-    fine-tuning want rates an order of magnitude apart. ``trains_base_weights`` says
-    whether it updates weights of the base model itself (which a quantized base cannot do).
+    fine-tuning want rates an order of magnitude apart. ``check_quantizer`` refuses a
+    quantized base when the strategy would update quantized weights.
     """
 
     default_learning_rate: ClassVar[float]
     uses_adapters: ClassVar[bool]
+    """True when the strategy trains adapters (saved as a peft adapter); False saves a full model."""
 
     def __init__(self, options: Any) -> None: ...
 
@@ -66,8 +70,6 @@ class Strategy(Part, Protocol):
     def prepare(self, model: PreTrainedModel, *, quantized: bool) -> torch.nn.Module:
         """Freeze / wrap ``model`` for training and return the module to train."""
 
-    def trained_parameter_names(self, model: torch.nn.Module) -> set[str]:
-        """Names (as in ``model.named_parameters()``) of the parameters this strategy trains."""
 
 
 class Quantizer(Part, Protocol):
@@ -110,3 +112,33 @@ class Objective(Part, Protocol):
         self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int
     ) -> Dataset:
         """Return a dataset with ``input_ids`` and ``labels`` columns (lists of ints)."""
+
+
+class Metric(Part, Protocol):
+    """Scores a model on evaluation rows; ``Tuner.evaluate(data, metrics=[name, ...])`` asks for it.
+
+    ``needs`` says what the evaluator must compute for it: ``"loss"`` (the token-weighted
+    loss of the rows) or ``"generation"`` (the model's greedy answer to each ``sft`` row,
+    next to the row's reference answer). ``higher_is_better`` tells reports which way is up.
+    """
+
+    needs: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+
+    def __init__(self, options: Any) -> None: ...
+
+    def compute(self, inputs: MetricInputs) -> float:
+        """The metric's value (``nan`` when it is undefined, e.g. on zero rows)."""
+
+
+class ModelAlias(Part, Protocol):
+    """A short model name (``Tuner(model="smollm2-135m")``) that stands for a real source."""
+
+    def __init__(self, options: Any) -> None: ...
+
+    def resolve(self) -> str:
+        """What the alias stands for: a hub id, a local model directory or a ``.gguf`` file.
+
+        Raise :class:`tunekit.errors.MissingDependencyError` (naming the install command)
+        when what it needs is not installed.
+        """

@@ -36,11 +36,14 @@ BUILTIN_MODULES = (
     "tunekit.builtin.quantizers",
     "tunekit.builtin.adapters",
     "tunekit.builtin.objectives",
+    "tunekit.builtin.metrics",
+    "tunekit.builtin.aliases",
 )
 BUILTIN_PLUGIN = "tunekit (built-in)"
 
 _REGISTER_HOOKS = {kind: f"register_{kind}s" for kind in KINDS}
 _REGISTER_HOOKS["strategy"] = "register_strategies"
+_REGISTER_HOOKS["model_alias"] = "register_model_aliases"
 
 
 @dataclass
@@ -96,7 +99,7 @@ def _fill_registries(pm: pluggy.PluginManager, plugins: Plugins) -> None:
         registry = plugins.registries[kind]
         hook = getattr(pm.hook, hook_name)
         # Call each implementation on its own so a registration knows which plugin made it.
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # registration order: built-ins first
             plugin = plugins.distributions.get(impl.plugin_name, impl.plugin_name)
 
             def register(cls: type[Any], _plugin: str = plugin, _registry: Registry = registry) -> None:
@@ -145,7 +148,8 @@ def reset_plugins() -> None:
 
 
 def get_registry(kind: str) -> Registry:
-    """The registry of one kind of part: ``strategy``, ``quantizer``, ``dataset_adapter``, ``objective``."""
+    """The registry of one kind of part: ``strategy``, ``quantizer``, ``dataset_adapter``,
+    ``objective``, ``metric`` or ``model_alias``."""
     return get_plugins().registries[kind]
 
 

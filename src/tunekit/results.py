@@ -20,13 +20,42 @@ class EvalPoint(BaseModel):
     loss: float
 
 
+class Generation(BaseModel):
+    """One generated answer next to its reference, as a generation metric compared them."""
+
+    prompt: str | list[dict[str, str]] = Field(description="The prompt text, or the chat messages before the answer.")
+    reference: str
+    prediction: str
+
+
 class EvalResult(BaseModel):
-    """Token-weighted loss and perplexity of a model on a dataset."""
+    """Token-weighted loss and perplexity of a model on a dataset, and the metrics asked for.
+
+    ``metrics`` maps each requested metric's name to its value (by default ``loss`` and
+    ``perplexity``); ``generations`` holds the generated answers when a metric needed them.
+    """
 
     loss: float = Field(description="Mean cross-entropy per trained (unmasked) token.")
     perplexity: float = Field(description="exp(loss).")
     tokens: int = Field(description="Trained tokens the loss was averaged over.")
     rows: int = Field(description="Rows evaluated (after tokenization).")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Requested metric name -> value.")
+    generations: list[Generation] = Field(
+        default_factory=list, description="Prompt, reference and generated answer per row (generation metrics only)."
+    )
+
+    def __getitem__(self, name: str) -> float:
+        """``result["exact_match"]``: a metric's value (``loss``/``perplexity`` are always there)."""
+        if name in self.metrics:
+            return self.metrics[name]
+        if name in {"loss", "perplexity"}:
+            return float(getattr(self, name))
+        raise KeyError(f"{name!r} was not measured; measured: {', '.join(self.metrics) or 'loss, perplexity'}")
+
+    def summary(self) -> str:
+        """One line per metric."""
+        values = {"loss": self.loss, "perplexity": self.perplexity, **self.metrics}
+        return "\n".join(f"{name:<12} {value:.4f}" for name, value in values.items())
 
 
 class FitResult(BaseModel):
@@ -45,6 +74,12 @@ class FitResult(BaseModel):
     mean_train_loss: float = Field(description="Mean training loss over the whole run.")
     eval_loss: float | None = None
     eval_perplexity: float | None = None
+    eval_metrics: dict[str, float] = Field(
+        default_factory=dict, description="The metrics asked of fit(..., metrics=[...]) on the eval rows, at the end."
+    )
+    eval_generations: list[Generation] = Field(
+        default_factory=list, description="Generated answers on the eval rows, when a metric needed them."
+    )
     loss_history: list[LogPoint] = Field(default_factory=list)
     eval_history: list[EvalPoint] = Field(default_factory=list)
     tokens_seen: int = Field(description="Non-padding tokens fed to the model during training.")
@@ -65,7 +100,8 @@ class FitResult(BaseModel):
             f"strategy {self.strategy} ({self.objective}), precision {self.precision}",
             f"trainable params {self.trainable_params:,} / {self.total_params:,} ({self.trainable_percent:.2f}%)",
             f"steps {self.steps}, final train loss {self.train_loss:.4f}"
-            + (f", eval loss {self.eval_loss:.4f} (ppl {self.eval_perplexity:.2f})" if self.eval_loss is not None else ""),
+            + (f", eval loss {self.eval_loss:.4f} (ppl {self.eval_perplexity:.2f})" if self.eval_loss is not None else "")
+            + "".join(f", {k} {v:.4f}" for k, v in self.eval_metrics.items() if k not in {"loss", "perplexity"}),
             f"{self.tokens_seen:,} tokens in {self.wall_time_s:.1f}s ({self.tokens_per_second:,.0f} tok/s), "
             f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB ({self.peak_memory_kind})",
             f"output: {self.output_dir}",

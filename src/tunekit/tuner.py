@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,9 @@ class Tuner:
                 "transformers model directory use Tuner(model=path)."
             )
         meta = json.loads((path / SAVE_META).read_text())
+        if meta["format"] != "adapter":
+            # a full or merged save is its own base: continuing from it must not go back to the original
+            overrides = {"model": str(path), **overrides}
         tuner = cls.from_config(path / SAVE_CONFIG, **overrides)
         if meta["format"] == "adapter":
             tuner._load_model(adapter_path=path)
@@ -170,27 +173,46 @@ class Tuner:
 
         return prepare_rows(train, eval, self.config.data, seed=self.config.training.seed)
 
-    def _tokenize(self, rows: PreparedRows) -> tuple[str, Any, Any]:
+    def _objective(self, row_format: str) -> tuple[str, Any]:
         from tunekit.data.pipeline import build_objective, choose_objective
 
         spec = self.config.objective
-        name = choose_objective(spec.name if spec else None, rows.format)
-        objective = build_objective(name, spec.options if spec else {}, rows.format)
+        name = choose_objective(spec.name if spec else None, row_format)
+        return name, build_objective(name, spec.options if spec else {}, row_format)
+
+    def _tokenize(self, rows: PreparedRows) -> tuple[str, Any, Any]:
+        name, objective = self._objective(rows.format)
         max_length = self.config.training.max_length
         train = objective.tokenize(rows.train, self.tokenizer, max_length=max_length)
         evals = objective.tokenize(rows.eval, self.tokenizer, max_length=max_length) if rows.eval is not None else None
         return name, train, evals
 
     # -- the verbs ------------------------------------------------------------------------------
-    def fit(self, train: Any = None, eval: Any = None, *, overwrite: bool = False) -> FitResult:
+    def fit(
+        self,
+        train: Any = None,
+        eval: Any = None,
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        ignore_preflight_errors: bool = False,
+        metrics: Sequence[str | Mapping[str, Any]] | None = None,
+    ) -> FitResult:
         """Train on ``train`` (rows, a dataset, a DataFrame or a file path) and return what was measured.
 
         ``eval`` is evaluated at ``training.eval_steps`` and at the end; without it, a
         ``DatasetDict``'s validation split or ``data.eval_fraction`` of the rows is used.
         The run directory (``output_dir``) gets the config, ``result.json`` and the tuned
         model under ``model/``; an existing run there is refused unless ``overwrite=True``.
+        Pre-flight errors found in the data (EOS never trained, a chat template that would not
+        be saved as used) stop ``fit`` unless ``ignore_preflight_errors=True``; warnings are
+        logged once. With ``resume=True`` training continues from the newest complete checkpoint in
+        ``output_dir`` (adapter or weights, optimizer, scheduler, RNG and data position).
+        ``metrics`` (as for :meth:`evaluate`) are measured on the eval rows at the end and
+        land in ``result.eval_metrics``, ``result.json`` and the run's model card
+        (``README.md``, next to ``loss.png``).
         """
-        from tunekit.evaluation import evaluate_loss
+        from tunekit.evaluation import build_metrics
         from tunekit.models.inspect import count_parameters
         from tunekit.plugins import get_plugins
         from tunekit.training.loop import train as run_training
@@ -201,12 +223,24 @@ class Tuner:
                 raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
         if eval is None:
             eval = self.config.data.eval
+        chosen_metrics = build_metrics(metrics)
         rows = self._rows(train, eval)
         objective, train_rows, eval_rows = self._tokenize(rows)
+        self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
         if len(train_rows) == 0:
             raise TunekitError("no training rows are left after tokenization.")
-        output_dir = self._claim_output_dir(overwrite)
-        self.config.to_file(output_dir / SAVE_CONFIG)
+        from tunekit.training.checkpoints import newest_checkpoint
+        from tunekit.training.distributed import is_main_process, wait_for_everyone
+
+        output_dir, resume_from = self._claim_output_dir(overwrite, resume), None
+        if resume:
+            resume_from = newest_checkpoint(output_dir)
+            if resume_from is None:
+                log.warning("tunekit: no complete checkpoint in %s; starting from the beginning.", output_dir)
+            else:
+                log.warning("tunekit: resuming from %s", resume_from)
+        if is_main_process():
+            self.config.to_file(output_dir / SAVE_CONFIG)
         hooks = get_plugins().manager.hook
         model = self.model
         trainable, total = count_parameters(model)
@@ -225,10 +259,12 @@ class Tuner:
             output_dir=str(output_dir),
             on_log=lambda step, logs: hooks.on_log(tuner=self, step=step, logs=logs),
             on_evaluate=lambda step, metrics: hooks.on_evaluate(tuner=self, step=step, metrics=metrics),
+            resume_from=str(resume_from) if resume_from else None,
         )
         final_eval: EvalResult | None = None
         if eval_rows is not None and len(eval_rows):
-            final_eval = evaluate_loss(model, eval_rows, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=self.config.training.batch_size)
+            assert rows.eval is not None
+            final_eval = self._evaluate_rows(rows.eval, rows.format, eval_rows, chosen_metrics)
         last_loss = outcome.loss_history[-1].loss if outcome.loss_history else outcome.mean_loss
         result = FitResult(
             strategy=self.strategy.name,
@@ -240,6 +276,8 @@ class Tuner:
             mean_train_loss=outcome.mean_loss,
             eval_loss=final_eval.loss if final_eval else None,
             eval_perplexity=final_eval.perplexity if final_eval else None,
+            eval_metrics=final_eval.metrics if final_eval else {},
+            eval_generations=final_eval.generations if final_eval else [],
             loss_history=outcome.loss_history,
             eval_history=outcome.eval_history,
             tokens_seen=outcome.tokens_seen,
@@ -250,19 +288,60 @@ class Tuner:
             precision=self.precision.name,
             output_dir=str(output_dir),
         )
-        self.save(output_dir / "model", overwrite=True)
-        (output_dir / RUN_RESULT).write_text(result.model_dump_json(indent=2))
+        if is_main_process():  # under torchrun every rank holds the same weights; one writes
+            self.save(output_dir / "model", overwrite=True)
+            (output_dir / RUN_RESULT).write_text(result.model_dump_json(indent=2))
+            from tunekit.run_report import DataSummary, write_run_report
+
+            data = DataSummary(rows.description, rows.format, len(train_rows), len(eval_rows) if eval_rows is not None else 0)
+            write_run_report(output_dir, result, self.config, data, learning_rate=lr)
+        wait_for_everyone()
         self.last_result = result
         hooks.on_fit_end(tuner=self, result=result)
         return result
 
-    def evaluate(self, data: Any) -> EvalResult:
-        """Token-weighted loss and perplexity of the current model on ``data`` (before or after fit)."""
-        from tunekit.evaluation import evaluate_loss
+    def evaluate(
+        self,
+        data: Any,
+        metrics: Sequence[str | Mapping[str, Any]] | None = None,
+        *,
+        batch_size: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> EvalResult:
+        """Score the current model on ``data``, before or after ``fit``.
 
-        rows = self._rows(data)
+        ``metrics`` are names of registered metrics, or mappings with options:
+        ``["exact_match", {"name": "accuracy", "case_fold": True}]``; by default ``loss`` and
+        ``perplexity``. Generation metrics (``exact_match``, ``accuracy``, ``f1``) answer each
+        sft row greedily, in batches of ``batch_size`` (default ``training.batch_size``), with
+        at most ``max_new_tokens`` (default: the longest reference + 8). Every row of ``data``
+        is evaluated (``data.eval_fraction`` does not apply).
+        """
+        from tunekit.data.pipeline import prepare_rows
+        from tunekit.evaluation import build_metrics
+
+        chosen = build_metrics(metrics)
+        options = self.config.data.model_copy(update={"eval_fraction": None})
+        rows = prepare_rows(data, None, options, seed=self.config.training.seed)
         _, tokenized, _ = self._tokenize(rows)
-        return evaluate_loss(self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=self.config.training.batch_size)
+        return self._evaluate_rows(rows.train, rows.format, tokenized, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+    def _evaluate_rows(
+        self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None
+    ) -> EvalResult:
+        from tunekit.evaluation import evaluate as run_evaluation
+
+        return run_evaluation(
+            self.model,
+            self.tokenizer,
+            rows,
+            row_format,
+            tokenized,
+            chosen,
+            batch_size=batch_size or self.config.training.batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=self.config.training.progress_bar,
+        )
 
     def generate(self, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
         """Continue a text prompt, or answer a chat (a list of messages), and return the new text.
@@ -314,10 +393,73 @@ class Tuner:
 
         return _write_atomically(Path(path), write, overwrite=overwrite)
 
+    def preflight(self, data: Any = None, *, estimate: bool = True, sample_rows: int = 2000) -> Any:
+        """Audit a run before it starts; returns a :class:`tunekit.preflight.PreflightReport`.
+
+        Token statistics after the objective (on up to ``sample_rows`` rows), a label audit with
+        the trained text marked, the chat-template check, trainable parameters by block, and,
+        with ``estimate``, peak memory and time per step measured on the longest real batch.
+        Nothing is trained and no weight changes.
+        """
+        from tunekit import preflight as pf
+
+        data = data if data is not None else self.config.data.train
+        if data is None:
+            raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
+        rows = self._rows(data)
+        train = rows.train.select(range(min(len(rows.train), sample_rows)))
+        name, objective = self._objective(rows.format)
+        max_length = self.config.training.max_length
+        stats, full = pf.token_stats(objective, train, self.tokenizer, max_length)
+        report = pf.PreflightReport(objective=name, row_format=rows.format, token_stats=stats)
+        report.label_samples = [pf.marked_text(self.tokenizer, full[i]["input_ids"], full[i]["labels"]) for i in range(min(3, len(full)))]
+        report.findings += pf.label_findings(name, full, self.tokenizer)
+        report.findings += pf.template_findings(self.tokenizer, rows.format)
+        if stats.rows_without_trained_tokens:
+            severity = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
+            report.findings.append(pf.Finding(severity=severity, code="rows-without-trained-tokens", message=(
+                f"{stats.rows_without_trained_tokens} of {stats.rows} rows have no trained token inside "
+                f"max_length={max_length}; raise training.max_length or shorten the prompts.")))
+        if stats.rows_over_max_length:
+            report.findings.append(pf.Finding(severity="warning", code="rows-over-max-length", message=(
+                f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
+                f"({'truncated' if name == 'sft' else 'split into blocks'}).")))
+        report.params_by_block, tied = pf.params_by_block(self.model)
+        if self.strategy.name == "full":  # training tied weights together is what full fine-tuning means
+            tied = [f.model_copy(update={"severity": "info"}) for f in tied]
+        report.findings += tied
+        if estimate and not report.errors:
+            tokenized = objective.tokenize(train, self.tokenizer, max_length=max_length)
+            t = self.config.training
+            report.estimate = pf.estimate_step(
+                self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,
+                accumulation=t.gradient_accumulation, device=self.precision.device,
+            )
+        return report
+
+    def _check_before_fit(self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool) -> None:
+        from tunekit import preflight as pf
+
+        sample = train_rows.select(range(min(len(train_rows), 200)))
+        findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
+        for finding in findings:
+            if finding.severity == "warning":
+                log.warning("tunekit preflight: %s", finding.message)
+        errors = [f for f in findings if f.severity == "error"]
+        if errors and not ignore_errors:
+            raise pf.PreflightError(
+                "pre-flight checks found problems that would waste this run:\n"
+                + "\n".join(f"  [{f.code}] {f.message}" for f in errors)
+                + "\nFix them, or pass fit(..., ignore_preflight_errors=True) to train anyway."
+            )
+
     def merge(self) -> torch.nn.Module:
         """Fold LoRA adapters into the base weights and return the plain transformers model.
 
-        Refused on a quantized base: the merged weights would be rounded back to 4/8 bits.
+        The merge is verified: the merged model's logits must match the adapter model's on
+        probe inputs (see :mod:`tunekit.merging` for the tolerance), or
+        ``MergeVerificationError`` is raised and the adapter model is left intact. Refused on a
+        quantized base: the merged weights would be rounded back to 4/8 bits.
         """
         if not self.strategy.uses_adapters or self._merged:
             return self.model
@@ -327,7 +469,9 @@ class Tuner:
                 "to its precision. Save the adapter, then reload it on a plain base and merge there: "
                 "Tuner.load(path, quantizer='none').save_merged(out)."
             )
-        self._model = self.model.merge_and_unload()  # type: ignore[operator]
+        from tunekit.merging import verified_merge
+
+        self._model = verified_merge(self.model, self.tokenizer)
         self._merged = True
         return self._model
 
@@ -337,21 +481,33 @@ class Tuner:
         return self.save(path, overwrite=overwrite)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _claim_output_dir(self, overwrite: bool) -> Path:
+    def _claim_output_dir(self, overwrite: bool, resume: bool = False) -> Path:
         if self.config.output_dir:
             out = Path(self.config.output_dir)
         else:
             model_name = Path(self.config.model).name.removesuffix(".gguf") or "model"
             out = Path("runs") / f"{model_name}-{self.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                what = "a finished tunekit run" if (out / RUN_RESULT).exists() else "files"
-                raise TunekitError(
-                    f"output_dir {str(out)!r} already holds {what}; choose another output_dir, or "
-                    "pass fit(..., overwrite=True) to replace it."
+        from tunekit.training.distributed import is_main_process, wait_for_everyone
+
+        if resume and overwrite:
+            raise TunekitError("fit(..., resume=True) continues the run in output_dir; it cannot also overwrite it.")
+        if out.exists() and any(out.iterdir()) and not resume:
+            is_run = (out / SAVE_CONFIG).exists()
+            if not overwrite or not is_run:
+                what = "a tunekit run" if is_run else "files that are not a tunekit run"
+                hint = (
+                    "choose another output_dir, pass fit(..., resume=True) to continue it, or "
+                    "fit(..., overwrite=True) to replace it"
+                    if is_run
+                    else "choose another (or an empty) output_dir; tunekit never deletes files it did not write"
                 )
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+                raise TunekitError(f"output_dir {str(out)!r} already holds {what}; {hint}.")
+            wait_for_everyone()  # every rank has checked before the main one deletes
+            if is_main_process():
+                shutil.rmtree(out)
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+        wait_for_everyone()
         return out
 
 

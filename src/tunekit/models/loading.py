@@ -1,8 +1,13 @@
-"""Find and load a base model and its tokenizer: a hub id, a local directory, or a .gguf file."""
+"""Find and load a base model and its tokenizer: an alias, a hub id, a local directory, or a .gguf file.
+
+A ``.gguf`` file is converted once into a transformers directory and read from that cache
+afterwards (see :mod:`tunekit.models.gguf_cache`).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,8 +37,29 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
 
 
+def resolve_alias(model: str) -> str | None:
+    """What the model alias ``model`` stands for (e.g. ``smollm2-135m``), or None if it is not one.
+
+    Aliases come from the ``register_model_aliases`` hook; something that looks like a path
+    (``./smollm2-135m``) is never an alias.
+    """
+    from tunekit.plugins import get_registry
+
+    if _looks_like_path(model) or model.lower().endswith(".gguf"):
+        return None
+    registry = get_registry("model_alias")
+    if model not in registry:
+        return None
+    reg = registry.get(model)
+    return str(reg.cls(reg.options_model()).resolve())
+
+
 def resolve_source(model: str) -> ModelSource:
-    """Classify ``model`` as a local directory, a .gguf file, or a hub id."""
+    """Classify ``model`` as an alias, a local directory, a .gguf file, or a hub id."""
+    target = resolve_alias(model)
+    if target is not None:
+        log.debug("tunekit: model alias %r -> %s", model, target)
+        model = target
     path = Path(model).expanduser()
     if model.lower().endswith(".gguf"):
         if not path.is_file():
@@ -55,13 +81,32 @@ def resolve_source(model: str) -> ModelSource:
     return ModelSource("hub", model)
 
 
+def materialize(source: ModelSource) -> ModelSource:
+    """The source to load from: a .gguf file's converted cache directory (converting it on first
+    use), or ``source`` itself. With ``TUNEKIT_GGUF_CACHE=0``, or when the cache cannot be written,
+    a .gguf file is de-quantized on every load instead."""
+    if source.kind != "gguf" or os.environ.get("TUNEKIT_GGUF_CACHE", "1").lower() in {"0", "false", "no", "off"}:
+        return source
+    from tunekit.models.gguf_cache import convert_gguf
+
+    try:
+        return ModelSource("local", str(convert_gguf(Path(source.path) / str(source.gguf_file))))
+    except OSError as exc:
+        log.warning("tunekit: cannot cache the converted GGUF model (%s); loading it directly.", exc)
+        return source
+
+
 def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadError:
     if source.kind == "hub":
+        from tunekit.errors import join_names
+        from tunekit.plugins import get_registry
+
+        aliases = get_registry("model_alias").names()
         return ModelLoadError(
             f"could not load the {what} {source.path!r} from the Hugging Face hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the "
             "id, your network and HF_TOKEN for gated models; offline, pass a local model "
-            "directory or a .gguf file instead."
+            f"directory, a .gguf file or a model alias ({join_names(aliases)}) instead."
         )
     return ModelLoadError(f"could not load the {what} from {source.path!r} ({type(exc).__name__}: {exc}).")
 
@@ -76,6 +121,7 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    source = materialize(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, trust_remote_code=trust_remote_code, revision=revision, **source.from_pretrained_kwargs()
@@ -98,6 +144,7 @@ def load_model(
     """Load a causal LM from ``source`` with the given dtype and quantizer kwargs."""
     from transformers import AutoModelForCausalLM
 
+    source = materialize(source)
     kwargs = dict(extra_kwargs or {})
     if "quantization_config" not in kwargs:
         kwargs["dtype"] = dtype
@@ -114,8 +161,7 @@ def load_model(
     if source.kind == "gguf":
         # transformers marks GGUF-loaded models "quantized with gguf" and refuses to save them,
         # but the tensors are already de-quantized to plain torch weights.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if getattr(model.config, "quantization_config", None) is not None:
-            del model.config.quantization_config
-        model.is_quantized = False  # type: ignore[assignment,misc]
+        from tunekit.models.gguf_cache import strip_gguf_quantization
+
+        strip_gguf_quantization(model)
     return model  # type: ignore[no-any-return]

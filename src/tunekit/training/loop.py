@@ -95,6 +95,7 @@ def train(
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from tunekit.training.distributed import is_distributed_launch
     from tunekit.training.trainer import InterruptCallback, TrainingInterrupted, TunekitTrainer
 
     o = options
@@ -132,6 +133,7 @@ def train(
         dataloader_pin_memory=precision.device == "cuda",
         log_level="warning",
         logging_nan_inf_filter=False,
+        ddp_backend="gloo" if precision.device == "cpu" and is_distributed_launch() else None,
     )
     outcome = TrainOutcome(steps=0, mean_loss=float("nan"))
     interrupt = InterruptCallback()

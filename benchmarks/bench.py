@@ -1,0 +1,1133 @@
+#!/usr/bin/env python
+"""tunekit's benchmark suite: every figure is a ratio against a baseline measured in the same run.
+
+Our machines are shared and noisy, so an absolute time is only a note. Each comparison runs
+its two sides interleaved (step by step where that is possible, run by run otherwise), repeats
+the runs and reports the median ratio with its spread.
+
+    python benchmarks/bench.py --quick          # tiny models only, a few minutes
+    python benchmarks/bench.py                  # tiny models and the real smollm2-135m
+    nox -s bench -- --quick                     # the same through nox
+
+Cases (``--cases`` selects some):
+
+overhead     tunekit's LoRA training step against a hand-written torch + peft + AdamW loop on the
+             same model, the same batches (recorded from tunekit's collator and replayed) and the
+             same precision; the two alternate step by step. Target: <= 1.10x.
+classic      the widely copied recipe (trl's SFTTrainer with its defaults, an 8-bit base, every row
+             padded to max_length 512; repaired just enough to run, see ``run_classic``) against
+             tunekit's defaults on the same mixed-length rows: real (non-pad) tokens per second,
+             and the eval loss after the same real tokens (one epoch of the same rows each).
+levers       what each of tunekit's choices buys: a plain loop on tunekit's model, with one lever
+             switched back to the classic choice at a time, step-interleaved, real tokens/s.
+memory       peak memory of a LoRA fit on bnb-4bit and bnb-8bit bases against none, and of full
+             fine-tuning against LoRA; each fit in its own subprocess so the peaks are separate.
+scaling      time per training step against sequence length and batch size, next to the FLOP
+             count that predicts it (attention grows with the square of the length).
+load         first load of the GGUF model alias (de-quantize and cache) against the cached load.
+accelerator  where CUDA exists: the overhead case on the device and the model FLOPs utilisation
+             against the device's measured bf16 matmul rate. Skipped, with a note, elsewhere.
+
+Results go to ``--out`` (default ``benchmarks/results``) as ``bench.json`` and ``bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+REAL = "smollm2-135m"
+CASES = ("overhead", "classic", "levers", "memory", "scaling", "load", "accelerator")
+BATCH = 8  # tunekit's and trl's default batch size
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------------------------
+# settings and results
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    """How much of each case runs. ``quick``: tiny models only."""
+
+    quick: bool
+    repeats: int
+    warmup: int
+    steps: int  # timed steps per run on tiny models
+    real_steps: int  # timed steps per run on the real model
+    real: bool  # run the real-model rows
+    real_note: str = ""
+
+    def steps_for(self, model: str) -> int:
+        return self.real_steps if model == REAL else self.steps
+
+
+@dataclass
+class Row:
+    """One line of the table: a ratio against a baseline measured in the same run."""
+
+    id: str
+    case: str
+    model: str
+    measure: str
+    value: float | None = None
+    unit: str = "x"
+    spread: tuple[float, float] | None = None
+    n: int = 0
+    target: str = ""
+    met: bool | None = None
+    status: str = "ok"  # ok | skipped | error
+    detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Results:
+    def __init__(self, settings: Settings, argv: list[str]):
+        self.settings = settings
+        self.rows: list[Row] = []
+        self.started = time.time()
+        self.meta: dict[str, Any] = {"argv": argv, "load_average_start": _loadavg()}
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        shown = _fmt_value(row) if row.status == "ok" else row.status
+        print(f"[bench] {row.id}: {shown}  {row.detail}", flush=True)
+        return row
+
+    def skip(self, id: str, case: str, model: str, measure: str, why: str) -> Row:
+        return self.add(Row(id, case, model, measure, status="skipped", detail=why))
+
+
+def ratio_summary(ratios: list[float]) -> tuple[float, tuple[float, float], int]:
+    return statistics.median(ratios), (min(ratios), max(ratios)), len(ratios)
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _fmt_value(row: Row) -> str:
+    if row.value is None:
+        return "-"
+    v = row.value
+    text = f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    if row.unit == "x":
+        text += "x"
+    elif row.unit:
+        text += f" {row.unit}"
+    if row.spread and row.n > 1:
+        lo, hi = row.spread
+        text += f" ({lo:.3g}-{hi:.3g}, n={row.n})"
+    elif row.n:
+        text += f" (n={row.n})"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# models and data
+# ---------------------------------------------------------------------------------------------
+class Workspace:
+    """Tiny models built on the fly, and the real model alias (converted once, then cached)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[str, Path] = {}
+
+    def model(self, name: str) -> str:
+        """What to pass to ``Tuner(model=...)``."""
+        return REAL if name == REAL else str(self.local_path(name))
+
+    def local_path(self, name: str) -> Path:
+        """A transformers directory for ``name`` (for the hand-written loops and trl)."""
+        if name == REAL:
+            from tunekit.models.loading import materialize, resolve_source
+
+            return Path(materialize(resolve_source(REAL)).path)
+        if name not in self._built:
+            from tunekit.testing import build_tiny_model
+
+            path = self.root / "models" / name
+            if name == "tiny-gpt2":
+                build_tiny_model(path, arch="gpt2")
+            elif name == "tiny-llama":  # longer context for the scaling case (rope: no position weights)
+                build_tiny_model(path, arch="llama")
+                _set_config(path, max_position_embeddings=4096)
+            elif name == "tiny-llama-wide":  # ~10M parameters, so weights show in memory figures
+                build_tiny_model(path, arch="llama", hidden=512, layers=4)
+            else:
+                raise ValueError(f"unknown benchmark model {name!r}")
+            self._built[name] = path
+        return self._built[name]
+
+    def run_dir(self, label: str) -> Path:
+        path = self.root / "runs" / f"{label}-{time.monotonic_ns()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _set_config(path: Path, **values: Any) -> None:
+    cfg_file = path / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(values)
+    cfg_file.write_text(json.dumps(cfg, indent=2))
+
+
+def mixed_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Prompt/completion rows of mixed length, like instruction data: mostly short, a long tail.
+
+    The prompt holds 2 to 150 words (log-normal, median about 12); the answer is the last three
+    words reversed. Words come from the tiny tokenizer's vocabulary, so tiny and real models see
+    comparable lengths (a real tokenizer makes the rows about 1.3 tokens per word).
+    """
+    from tunekit.testing import WORDS
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = min(150, 2 + int(rng.lognormvariate(2.4, 0.9)))
+        words = [rng.choice(WORDS) for _ in range(k)]
+        rows.append({"prompt": "Text: " + " ".join(words) + "\nLast three, reversed:", "completion": " " + " ".join(words[::-1][:3])})
+    return rows
+
+
+def tokenized(rows: list[dict[str, str]], tokenizer: Any, max_length: int = 512) -> list[dict[str, Any]]:
+    """Rows tokenized by tunekit's ``sft`` objective (loss on the answer only), as plain dicts."""
+    from datasets import Dataset
+
+    from tunekit.builtin.objectives import SFTObjective, SFTOptions
+
+    ds = SFTObjective(SFTOptions()).tokenize(Dataset.from_list(rows), tokenizer, max_length=max_length)
+    return [ds[i] for i in range(len(ds))]
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------------------------
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Record:
+    """What a training run did, step by step: its batches, real tokens and step times."""
+
+    features: list[list[dict[str, Any]]] = field(default_factory=list)
+    real_tokens: list[int] = field(default_factory=list)
+    padded_tokens: list[int] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    t: float = 0.0
+
+
+class RecordingCollator:
+    """Wraps a collator and records what it batched (the features and the real-token count)."""
+
+    def __init__(self, inner: Any, record: Record):
+        self.inner, self.record = inner, record
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        out = self.inner(features)
+        self.record.features.append(features)
+        mask = out.get("attention_mask")
+        ids = out["input_ids"]
+        self.record.real_tokens.append(int(mask.sum()) if mask is not None else int(ids.numel()))
+        self.record.padded_tokens.append(int(ids.numel()))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def step_clock(record: Record, between: Callable[[int], None] | None = None) -> Any:
+    """A TrainerCallback that times each step end to end (data, forward, backward, optimizer,
+    scheduler, callbacks, logging): the time between consecutive step ends. ``between(i)`` runs
+    after step ``i`` and is not counted."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            sync()
+            record.t = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            sync()
+            now = time.perf_counter()
+            record.step_times.append(now - record.t)
+            if between is not None:
+                between(len(record.step_times) - 1)
+                sync()
+            record.t = time.perf_counter()
+
+    return StepClock()
+
+
+@contextlib.contextmanager
+def instrument_tunekit(between: Callable[[Record, int], None] | None = None) -> Iterator[Record]:
+    """Record tunekit's batches and time its steps, by wrapping the collator and adding a callback
+    inside ``tunekit.training.loop`` (its only two seams; nothing else changes)."""
+    import tunekit.training.loop as loop
+
+    record = Record()
+    original_callbacks, original_collator = loop._callbacks, loop.PadPerBatch
+
+    def callbacks(*args: Any, **kwargs: Any) -> list[Any]:
+        hook = (lambda i: between(record, i)) if between else None
+        return [*original_callbacks(*args, **kwargs), step_clock(record, hook)]
+
+    def collator(**kwargs: Any) -> RecordingCollator:
+        return RecordingCollator(original_collator(**kwargs), record)
+
+    loop._callbacks, loop.PadPerBatch = callbacks, collator  # type: ignore[assignment]
+    try:
+        yield record
+    finally:
+        loop._callbacks, loop.PadPerBatch = original_callbacks, original_collator  # type: ignore[assignment]
+
+
+def tokens_per_second(record: Record, skip: int) -> float:
+    tokens = sum(record.real_tokens[skip : len(record.step_times)])
+    seconds = sum(record.step_times[skip:])
+    return tokens / seconds if seconds > 0 else float("nan")
+
+
+def tunekit_fit(ws: Workspace, model: str, rows: list[dict[str, str]], *, label: str, between: Any = None, **config: Any) -> tuple[Any, Any, Record]:
+    """``Tuner(model=..., **config).fit(rows)`` with its steps timed and its batches recorded."""
+    from tunekit import Tuner
+
+    tuner = Tuner(model=ws.model(model), output_dir=str(ws.run_dir(label)), **config)
+    with instrument_tunekit(between) as record:
+        result = tuner.fit(rows, overwrite=True)
+    return tuner, result, record
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-written loops
+# ---------------------------------------------------------------------------------------------
+def hand_collate(features: list[dict[str, Any]], pad_id: int, pad_to: int | None = None) -> dict[str, Any]:
+    """Pad a batch to its longest row (or to ``pad_to``), written out by hand."""
+    import torch
+
+    n = pad_to or max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(features), n), dtype=torch.long)
+    for i, f in enumerate(features):
+        k = len(f["input_ids"])
+        ids[i, :k] = torch.tensor(f["input_ids"])
+        labels[i, :k] = torch.tensor(f["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def flat_collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Padding-free batch: the rows side by side in one sequence, positions restarting at each row
+    (transformers then masks attention block-diagonally, so no row sees another)."""
+    import torch
+
+    ids, labels, pos = [], [], []
+    for f in features:
+        k = len(f["input_ids"])
+        ids += list(f["input_ids"])
+        labels += [-100, *list(f["labels"])[1:]]  # never predict a row's first token from the previous row
+        pos += list(range(k))
+    # use_cache=False: with a cache, transformers does not look for packed rows in position_ids
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]), "use_cache": False}
+
+
+class PlainLoop:
+    """forward, backward, clip, AdamW step, linear schedule: what one writes by hand."""
+
+    def __init__(self, model: Any, *, lr: float, total_steps: int, device: str, autocast: Any = None):
+        import torch
+
+        self.model, self.device, self.autocast = model, device, autocast
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1.0 - s / max(1, total_steps)))
+        model.train()
+
+    def step(self, batch: dict[str, Any], *, autocast: Any = "default", metrics: bool = False) -> float:
+        import torch
+
+        dtype = self.autocast if autocast == "default" else autocast
+        batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        with torch.autocast(self.device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = self.model(**batch)
+        loss = out.loss
+        if metrics:  # what trl's SFTTrainer computes every step: entropy and token accuracy over the vocabulary
+            logits = out.logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            valid = labels != -100
+            logp = torch.log_softmax(logits.detach(), dim=-1)
+            entropy = -(logp.exp() * logp).sum(-1)[valid].mean()
+            accuracy = (logits.detach().argmax(-1) == labels)[valid].float().mean()
+            _ = (entropy.item(), accuracy.item())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def load_lora_by_hand(ws: Workspace, model: str, tuner: Any) -> Any:
+    """The same base and the same LoRA configuration as ``tuner``, built with plain transformers + peft."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = tuner.precision.compute_dtype  # tunekit keeps a frozen base in the compute dtype
+    base = AutoModelForCausalLM.from_pretrained(str(ws.local_path(model)), dtype=dtype)
+    base = base.to(tuner.precision.device)
+    return get_peft_model(base, tuner.strategy.peft_config(base))
+
+
+def autocast_dtype(precision: Any) -> Any:
+    return precision.compute_dtype if precision.name in {"bf16", "fp16"} else None
+
+
+# ---------------------------------------------------------------------------------------------
+# case 1: overhead
+# ---------------------------------------------------------------------------------------------
+def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
+    """Interleaved tunekit / hand-written steps on the same batches; per-repeat medians."""
+    from tunekit import Tuner
+
+    steps = s.warmup + s.steps_for(model)
+    rows = mixed_rows(BATCH * steps, seed=1)
+    ratios, tk_all, hand_all, real_tokens, feats_all = [], [], [], [], []
+    precision = ""
+    for r in range(s.repeats):
+        probe = Tuner(model=ws.model(model), strategy="lora")
+        hand = PlainLoop(
+            load_lora_by_hand(ws, model, probe), lr=probe.strategy.default_learning_rate, total_steps=steps,
+            device=probe.precision.device, autocast=autocast_dtype(probe.precision),
+        )
+        hand_times: list[float] = []
+        pad_id: list[int] = []
+
+        def between(record: Record, i: int, hand: PlainLoop = hand, hand_times: list[float] = hand_times, pad_id: list[int] = pad_id) -> None:
+            t = time.perf_counter()
+            hand.step(hand_collate(record.features[i], pad_id[0]))
+            sync()
+            hand_times.append(time.perf_counter() - t)
+
+        import tunekit.models.loading as loading
+
+        original = loading.load_tokenizer
+
+        def load_tokenizer(*a: Any, **k: Any) -> Any:  # learn the pad id tunekit uses
+            tok = original(*a, **k)
+            pad_id[:] = [int(tok.pad_token_id)]
+            return tok
+
+        loading.load_tokenizer = load_tokenizer  # type: ignore[assignment]
+        try:
+            tuner, _, rec = tunekit_fit(ws, model, rows, label=f"overhead-{model}", between=between, strategy="lora", training={"max_steps": steps, "seed": 42 + r})
+        finally:
+            loading.load_tokenizer = original  # type: ignore[assignment]
+        precision = tuner.precision.name
+        tk, hd = rec.step_times[s.warmup :], hand_times[s.warmup :]
+        ratios.append(statistics.median(tk) / statistics.median(hd))
+        tk_all += tk
+        hand_all += hd
+        real_tokens += rec.real_tokens[s.warmup : len(rec.step_times)]
+        feats_all += rec.features[s.warmup : len(rec.step_times)]
+        del hand
+    return {"ratios": ratios, "tunekit_s": tk_all, "hand_s": hand_all, "real_tokens": real_tokens, "features": feats_all, "precision": precision, "steps": s.steps_for(model)}
+
+
+def case_overhead(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    for model in models:
+        out = overhead_runs(ws, s, model)
+        value, spread, n = ratio_summary(out["ratios"])
+        res.add(Row(
+            f"overhead/{model}", "overhead", model, "tunekit LoRA step / hand-written torch+peft+AdamW step",
+            value, spread=spread, n=n, target="<= 1.10", met=value <= 1.10,
+            detail=f"median step {statistics.median(out['tunekit_s']) * 1e3:.0f} ms vs {statistics.median(out['hand_s']) * 1e3:.0f} ms; "
+            f"{out['precision']}; same batches, step-interleaved; {out['steps']} timed steps x {n} runs",
+            data={k: out[k] for k in ("ratios", "tunekit_s", "hand_s", "real_tokens", "precision")},
+        ))
+
+
+# ---------------------------------------------------------------------------------------------
+# case 2: the classic recipe
+# ---------------------------------------------------------------------------------------------
+CLASSIC_REPAIRS = [
+    "from_pretrained(load_in_8bit=True) -> quantization_config=BitsAndBytesConfig(load_in_8bit=True) (transformers 5 removed the argument)",
+    "SFTTrainer(tokenizer=...) -> processing_class=... (renamed in trl)",
+    "max_seq_length=512 -> SFTConfig(max_length=512) (renamed in trl)",
+    "use_cpu=True on a machine without a GPU (SFTConfig's bf16 default refuses to start otherwise)",
+]
+CLASSIC_SETTINGS = [
+    "padding='max_length' (512) expressed as SFTConfig(pad_to_multiple_of=512)",
+    "num_train_epochs=1 instead of trl's 3, so both sides see the same real tokens",
+]
+
+
+def run_classic(path: Path, rows: list[dict[str, str]], out: Path, seed: int) -> tuple[Any, Any, Record]:
+    """The recipe as widely copied (LoRA on an 8-bit GPT-2 with trl's SFTTrainer), repaired to run:
+
+        model = AutoModelForCausalLM.from_pretrained("gpt2", load_in_8bit=True)
+        tokenizer.pad_token = tokenizer.eos_token
+        model = prepare_model_for_kbit_training(model)
+        trainer = SFTTrainer(model=model, train_dataset=ds, tokenizer=tokenizer, max_seq_length=512,
+                             peft_config=LoraConfig(task_type="CAUSAL_LM"), args=SFTConfig(...defaults))
+
+    with every row padded to 512. trl's defaults then add bf16 autocast, gradient checkpointing and
+    per-step entropy / token-accuracy metrics. See ``CLASSIC_REPAIRS`` for what had to change.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(path), quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    model = prepare_model_for_kbit_training(model)
+    args = SFTConfig(
+        output_dir=str(out), max_length=512, pad_to_multiple_of=512, num_train_epochs=1, seed=seed,
+        report_to="none", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+    )
+    record = Record()
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM"), callbacks=[step_clock(record)],
+    )
+    trainer.data_collator = RecordingCollator(trainer.data_collator, record)
+    trainer.train()
+    return trainer.model, tokenizer, record
+
+
+def eval_loss(model: Any, tokenizer: Any, rows: list[dict[str, str]]) -> float:
+    """Mean loss per answer token on ``rows``, in fp32, the same way for every model."""
+    import torch
+    import torch.nn.functional as F
+
+    feats = tokenized(rows, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(feats), BATCH):
+            b = hand_collate(feats[i : i + BATCH], pad)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits.float()
+            labels = b["labels"][:, 1:].to(device)
+            total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    model.train(was_training)
+    return total / count
+
+
+def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    import torch
+
+    for model in models:
+        if torch.cuda.is_available():
+            res.skip(f"classic/{model}/tokens_per_s", "classic", model, "real tokens/s: tunekit defaults / classic recipe", "the classic recipe is measured on CPUs only")
+            continue
+        real = model == REAL
+        timed = 1 if real else 2
+        repeats = 1 if real else max(1, min(s.repeats, 2))
+        rows = mixed_rows(BATCH * (1 + timed), seed=2)
+        eval_rows = mixed_rows(16, seed=3)
+        ratios, tk_tps, cl_tps, tk_loss, cl_loss, tk_tokens, cl_tokens, pad_frac = [], [], [], [], [], [], [], []
+        for r in range(repeats):
+            # tunekit on both sides of the classic run (alternating which comes first), so drifting
+            # machine load shows up in both figures
+            order = ["tunekit", "classic", "tunekit"] if r % 2 == 0 else ["classic", "tunekit"]
+            tk_run: list[float] = []
+            cl_run = float("nan")
+            for side in order:
+                if side == "tunekit":
+                    tuner, _, rec = tunekit_fit(ws, model, rows, label=f"classic-tk-{model}", training={"seed": 42 + r})
+                    tk_run.append(tokens_per_second(rec, 1))
+                    tk_loss.append(eval_loss(tuner.model, tuner.tokenizer, eval_rows))
+                    tk_tokens.append(sum(rec.real_tokens))
+                    del tuner
+                else:
+                    cmodel, ctok, rec = run_classic(ws.local_path(model), rows, ws.run_dir(f"classic-{model}"), seed=42 + r)
+                    cl_run = tokens_per_second(rec, 1)
+                    cl_loss.append(eval_loss(cmodel, ctok, eval_rows))
+                    cl_tokens.append(sum(rec.real_tokens))
+                    pad_frac.append(1 - sum(rec.real_tokens) / sum(rec.padded_tokens))
+                    del cmodel
+            tk = statistics.median(tk_run)
+            tk_tps.append(tk)
+            cl_tps.append(cl_run)
+            ratios.append(tk / cl_run)
+        value, spread, n = ratio_summary(ratios)
+        res.add(Row(
+            f"classic/{model}/tokens_per_s", "classic", model, "real tokens/s: tunekit defaults / classic recipe (trl SFTTrainer, 8-bit, pad to 512)",
+            value, spread=spread, n=n, target=">= 50", met=value >= 50,
+            detail=f"{statistics.median(tk_tps):.0f} vs {statistics.median(cl_tps):.1f} real tokens/s; classic batches are "
+            f"{statistics.median(pad_frac) * 100:.0f}% padding; {timed} timed step(s) per run after 1 warm-up",
+            data={"ratios": ratios, "tunekit_tps": tk_tps, "classic_tps": cl_tps, "repairs": CLASSIC_REPAIRS, "settings": CLASSIC_SETTINGS},
+        ))
+        lv = statistics.median(tk_loss) / statistics.median(cl_loss)
+        res.add(Row(
+            f"classic/{model}/eval_loss", "classic", model, "eval loss after one epoch of the same rows: tunekit / classic",
+            lv, n=len(tk_loss), target="<= 1.0", met=lv <= 1.0,
+            detail=f"eval loss {statistics.median(tk_loss):.3f} vs {statistics.median(cl_loss):.3f}; real tokens trained "
+            f"{statistics.median(tk_tokens):.0f} vs {statistics.median(cl_tokens):.0f}",
+            data={"tunekit_loss": tk_loss, "classic_loss": cl_loss, "tunekit_tokens": tk_tokens, "classic_tokens": cl_tokens},
+        ))
+
+
+# ---------------------------------------------------------------------------------------------
+# levers: one of tunekit's choices switched back at a time
+# ---------------------------------------------------------------------------------------------
+LEVERS = {
+    "baseline": "tunekit's choices: fp32 on this CPU, per-batch padding, length-grouped batches, no checkpointing, no per-step metrics",
+    "bf16": "precision from the hardware (fp32 here) vs bf16 autocast",
+    "pad512": "per-batch padding vs every row padded to 512",
+    "random_order": "length-grouped batches vs random batches (both padded per batch)",
+    "checkpointing": "no gradient checkpointing vs checkpointing",
+    "metrics": "no per-step work vs entropy + token accuracy over the vocabulary every step (trl's default)",
+    "int8_base": "plain base vs an 8-bit (bnb) base",
+    "padding_free": "per-batch padding vs padding-free rows (one flattened sequence, block-diagonal attention)",
+}
+
+
+def case_levers(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from tunekit import Tuner
+
+    for model in models:
+        real = model == REAL
+        timed = 2 if real else s.steps
+        warm = 1
+        lr = 2e-4
+        main = Tuner(model=ws.model(model), strategy="lora")
+        device = main.precision.device
+        base_autocast = autocast_dtype(main.precision)
+        tok = main.tokenizer
+        pad = int(tok.pad_token_id)
+        loops = {"main": PlainLoop(main.model, lr=lr, total_steps=100, device=device, autocast=base_autocast)}
+        gc = Tuner(model=ws.model(model), strategy="lora").model
+        gc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        loops["gc"] = PlainLoop(gc, lr=lr, total_steps=100, device=device, autocast=base_autocast)
+        variants = list(LEVERS)
+        if not torch.cuda.is_available():
+            loops["int8"] = PlainLoop(Tuner(model=ws.model(model), strategy="lora", quantizer="bnb-8bit").model, lr=lr, total_steps=100, device=device)
+        else:
+            variants.remove("int8_base")
+        if base_autocast is not None:
+            variants.remove("bf16")  # bf16 is already the choice on this device
+
+        # the timed rows: one epoch, grouped the way a large data set's mega-batches group them
+        feats = tokenized(mixed_rows(BATCH * timed, seed=4), tok)
+        warm_feats = tokenized(mixed_rows(BATCH * warm, seed=5), tok)
+        lengths = [len(f["input_ids"]) for f in feats]
+        grouped = get_length_grouped_indices(lengths, BATCH, mega_batch_mult=timed, generator=torch.Generator().manual_seed(0))
+        shuffled = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1)).tolist()
+
+        def batches(order: list[int]) -> list[list[dict[str, Any]]]:
+            return [[warm_feats[j] for j in range(i * BATCH, (i + 1) * BATCH)] for i in range(warm)] + [
+                [feats[j] for j in order[i * BATCH : (i + 1) * BATCH]] for i in range(timed)
+            ]
+
+        by_order = {"grouped": batches(grouped), "random": batches(shuffled)}
+
+        # padding-free is only a lever if rows really do not see each other: check the loss matches
+        check = by_order["grouped"][warm][:4]
+        main.model.eval()
+        with torch.no_grad():
+            padded = main.model(**{k: v.to(device) for k, v in hand_collate(check, pad).items()}).loss
+            flat = main.model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in flat_collate(check).items()}).loss
+        main.model.train()
+        flat_ok = abs(float(padded) - float(flat)) < 1e-3 * max(1.0, abs(float(padded)))
+        if not flat_ok:
+            variants.remove("padding_free")
+
+        def run(variant: str, batch: list[dict[str, Any]]) -> tuple[float, int]:
+            loop = {"checkpointing": loops["gc"], "int8_base": loops.get("int8")}.get(variant) or loops["main"]
+            if variant == "pad512":
+                b = hand_collate(batch, pad, pad_to=512)
+            elif variant == "padding_free":
+                b = flat_collate(batch)
+            else:
+                b = hand_collate(batch, pad)
+            kwargs: dict[str, Any] = {}
+            if variant == "bf16":
+                kwargs["autocast"] = torch.bfloat16
+            if variant == "metrics":
+                kwargs["metrics"] = True
+            t = time.perf_counter()
+            loop.step(b, **kwargs)
+            sync()
+            return time.perf_counter() - t, sum(len(f["input_ids"]) for f in batch)
+
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        tokens: dict[str, list[int]] = {v: [] for v in variants}
+        for i in range(warm + timed):
+            for k in range(len(variants)):  # rotate who goes first, so no variant always follows another
+                v = variants[(i + k) % len(variants)]
+                dt_, n = run(v, by_order["random" if v == "random_order" else "grouped"][i])
+                if i >= warm:
+                    times[v].append(dt_)
+                    tokens[v].append(n)
+        tps = {v: sum(tokens[v]) / sum(times[v]) for v in variants}
+        base = tps["baseline"]
+        res.add(Row(
+            f"levers/{model}/baseline", "levers", model, "baseline real tokens/s (plain loop on tunekit's model)",
+            base, unit="tokens/s", n=timed, detail=LEVERS["baseline"], data={"times": times["baseline"], "tokens": tokens["baseline"]},
+        ))
+        for v in LEVERS:
+            if v == "baseline":
+                continue
+            if v not in variants:
+                why = {
+                    "padding_free": f"rows attended to each other (loss {float(padded):.4f} padded vs {float(flat):.4f} flattened)",
+                    "bf16": "bf16 is this device's own precision",
+                    "int8_base": "measured on CPUs only",
+                }[v]
+                res.skip(f"levers/{model}/{v}", "levers", model, LEVERS[v], why)
+                continue
+            ratio = base / tps[v]
+            res.add(Row(
+                f"levers/{model}/{v}", "levers", model, LEVERS[v], ratio, n=timed,
+                detail=f"{base:.0f} vs {tps[v]:.1f} real tokens/s (speed-up the lever buys)",
+                data={"times": times[v], "tokens": tokens[v], "tokens_per_s": tps[v]},
+            ))
+        del loops, main, gc
+
+
+# ---------------------------------------------------------------------------------------------
+# case 3: memory (each fit in its own subprocess)
+# ---------------------------------------------------------------------------------------------
+MEMORY_RUNS = {"lora-none": ("lora", "none"), "lora-bnb-8bit": ("lora", "bnb-8bit"), "lora-bnb-4bit": ("lora", "bnb-4bit"), "full-none": ("full", "none")}
+
+
+def _vm_field(name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: import, load, fit a few steps; report the peaks."""
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from tunekit import Tuner
+
+    rss_imports = _vm_field("VmRSS")
+    tuner = Tuner(
+        model=spec["model"], strategy=spec["strategy"], quantizer=spec["quantizer"], output_dir=spec["output_dir"],
+        training={"max_steps": spec["steps"], "progress_bar": False},
+    )
+    _ = tuner.model
+    rss_loaded = _vm_field("VmRSS")
+    result = tuner.fit(mixed_rows(BATCH * spec["steps"], seed=6), overwrite=True)
+    return {
+        "rss_imports": rss_imports, "rss_loaded": rss_loaded, "train_peak": result.peak_memory_bytes,
+        "peak_kind": result.peak_memory_kind, "process_hwm": _vm_field("VmHWM") if result.peak_memory_kind != "cuda_max_allocated" else 0,
+        "trainable": result.trainable_params, "total": result.total_params,
+    }
+
+
+def run_worker(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None, timeout: int = 1800) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker {kind} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    for model in models:
+        steps = 3
+        repeats = 1
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in MEMORY_RUNS}
+        for _ in range(repeats):
+            for key, (strategy, quantizer) in MEMORY_RUNS.items():
+                spec = {"model": ws.model(model), "strategy": strategy, "quantizer": quantizer, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))}
+                runs[key].append(run_worker("memory", spec))
+
+        def above_imports(key: str) -> float:
+            return statistics.median(r["train_peak"] - (0 if r["peak_kind"] == "cuda_max_allocated" else r["rss_imports"]) for r in runs[key])
+
+        def mib(x: float) -> str:
+            return f"{x / 2**20:.0f} MiB"
+
+        kind = runs["lora-none"][0]["peak_kind"]
+        what = "CUDA peak allocated" if kind == "cuda_max_allocated" else "peak RSS during fit minus RSS after imports"
+        pairs = [
+            ("bnb-4bit", "lora-bnb-4bit", "lora-none", "peak memory: LoRA on bnb-4bit / LoRA on none", "< 0.9"),
+            ("bnb-8bit", "lora-bnb-8bit", "lora-none", "peak memory: LoRA on bnb-8bit / LoRA on none", "< 1.0"),
+            ("full", "full-none", "lora-none", "peak memory: full fine-tuning / LoRA", ""),
+        ]
+        for name, num, den, measure, target in pairs:
+            a, b = above_imports(num), above_imports(den)
+            value = a / b
+            met = None
+            if target:
+                met = value < float(target.split()[-1])
+            res.add(Row(
+                f"memory/{model}/{name}", "memory", model, measure, value, n=repeats, target=target, met=met,
+                detail=f"{mib(a)} vs {mib(b)} ({what}); absolute peaks {mib(statistics.median(r['train_peak'] for r in runs[num]))} vs "
+                f"{mib(statistics.median(r['train_peak'] for r in runs[den]))}; {steps} steps, batch {BATCH}, own subprocess each",
+                data={"runs": {k: runs[k] for k in (num, den)}},
+            ))
+
+
+# ---------------------------------------------------------------------------------------------
+# case 4: scaling
+# ---------------------------------------------------------------------------------------------
+def model_flops(model: Any, batch: int, length: int) -> dict[str, float]:
+    """Training FLOPs of one step: matmuls (frozen weights: forward + input grads = 4 per weight per
+    token; trainable: 6) plus attention scores and values (4 * L * d per token per layer forward,
+    3x with backward), counting the full L x L square."""
+    import torch
+
+    frozen = trainable = 0
+    for module in model.modules():
+        if next(module.children(), None) is not None:  # peft's wrappers expose their base layer's weight
+            continue
+        w = getattr(module, "weight", None)
+        if isinstance(w, torch.nn.Parameter) and w.dim() == 2 and not isinstance(module, torch.nn.Embedding):
+            if w.requires_grad:
+                trainable += w.numel()
+            else:
+                frozen += w.numel()
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    tokens = batch * length
+    linear = tokens * (4 * frozen + 6 * trainable)
+    attention = 3 * batch * layers * 4 * length * length * d_attn
+    return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
+
+
+def case_scaling(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    import torch
+
+    from tunekit import Tuner
+
+    for model in models:
+        real = model == REAL
+        target_model = "tiny-llama" if model == "tiny" else model
+        timed = 2 if real else s.steps // 2 or 1
+        tuner = Tuner(model=ws.model(target_model), strategy="lora", training={"max_length": 1024})
+        m = tuner.model
+        device = tuner.precision.device
+        loop = PlainLoop(m, lr=2e-4, total_steps=100, device=device, autocast=autocast_dtype(tuner.precision))
+        vocab = m.config.vocab_size
+        configs = [(L, 1) for L in (128, 256, 512, 1024)] + [(128, B) for B in (2, 4, 8)]
+        if not real:
+            configs += [(L, 8) for L in (256, 512, 1024)]
+        gen = torch.Generator().manual_seed(0)
+        data = {c: torch.randint(0, vocab, (c[1], c[0]), generator=gen) for c in configs}
+        times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
+        for i in range(1 + timed):
+            for k in range(len(configs)):
+                c = configs[(i + k) % len(configs)]
+                x = data[c]
+                t = time.perf_counter()
+                loop.step({"input_ids": x, "labels": x})
+                sync()
+                if i >= 1:
+                    times[c].append(time.perf_counter() - t)
+        base = (128, 1)
+        t0 = statistics.median(times[base])
+        f0 = model_flops(m, 1, 128)
+        for c in configs:
+            L, B = c
+            t = statistics.median(times[c])
+            f = model_flops(m, B, L)
+            share = f["attention"] / f["total"]
+            res.add(Row(
+                f"scaling/{target_model}/L{L}xB{B}", "scaling", target_model, f"time per step, length {L} x batch {B} / length 128 x batch 1",
+                t / t0, n=timed,
+                detail=f"tokens x{L * B // 128}; FLOPs x{f['total'] / f0['total']:.1f} (attention {share * 100:.0f}%); "
+                f"time per token x{(t / (L * B)) / (t0 / 128):.2f}; {t * 1e3:.0f} ms/step",
+                data={"times": times[c], "flops": f, "baseline_s": times[base]},
+            ))
+        del loop, tuner, m
+
+
+# ---------------------------------------------------------------------------------------------
+# case 5: GGUF load
+# ---------------------------------------------------------------------------------------------
+def worker_load(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    from tunekit import Tuner
+
+    t = time.perf_counter()
+    tuner = Tuner(model=spec["model"], strategy="lora")
+    _ = tuner.model, tuner.tokenizer
+    return {"seconds": time.perf_counter() - t}
+
+
+def case_load(res: Results, ws: Workspace, s: Settings) -> None:
+    repeats = max(1, min(s.repeats, 2))
+    firsts, seconds, ratios = [], [], []
+    for _ in range(repeats):
+        cache = Path(tempfile.mkdtemp(prefix="tunekit-bench-cache-"))
+        try:
+            env = {"TUNEKIT_CACHE": str(cache)}
+            first = run_worker("load", {"model": REAL}, env)["seconds"]
+            second = run_worker("load", {"model": REAL}, env)["seconds"]
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        firsts.append(first)
+        seconds.append(second)
+        ratios.append(first / second)
+    value, spread, n = ratio_summary(ratios)
+    res.add(Row(
+        f"load/{REAL}", "load", REAL, "first GGUF load (de-quantize + cache) / cached load", value, spread=spread, n=n,
+        target=">= 10", met=value >= 10,
+        detail=f"{statistics.median(firsts):.1f} s vs {statistics.median(seconds):.1f} s (Tuner(...).model, fresh process each, empty cache per pair)",
+        data={"first_s": firsts, "second_s": seconds},
+    ))
+
+
+# ---------------------------------------------------------------------------------------------
+# case 6: accelerator
+# ---------------------------------------------------------------------------------------------
+def matmul_rate(dtype: Any, n: int = 8192, iters: int = 20) -> float:
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=dtype)
+    b = torch.randn(n, n, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t)
+
+
+def case_accelerator(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        res.skip("accelerator/mfu", "accelerator", "-", "model FLOPs utilisation vs measured bf16 matmul rate", "no CUDA device on this machine; runs where one exists")
+        return
+    peak = matmul_rate(torch.bfloat16)
+    name = torch.cuda.get_device_name()
+    for model in models:
+        out = overhead_runs(ws, s, model)
+        value, spread, n = ratio_summary(out["ratios"])
+        res.add(Row(
+            f"accelerator/{model}/overhead", "accelerator", model, f"tunekit LoRA step / hand-written step on {name}", value, spread=spread, n=n,
+            target="<= 1.10", met=value <= 1.10, detail=f"{out['precision']}; median {statistics.median(out['tunekit_s']) * 1e3:.1f} ms/step",
+        ))
+        from tunekit import Tuner
+
+        m = Tuner(model=ws.model(model), strategy="lora").model
+        flops = 0.0
+        for feats in out["features"]:
+            for f in feats:
+                flops += model_flops(m, 1, len(f["input_ids"]))["total"]
+        seconds = sum(out["tunekit_s"])
+        achieved = flops / seconds
+        res.add(Row(
+            f"accelerator/{model}/mfu", "accelerator", model, "model FLOP/s / measured bf16 matmul FLOP/s (MFU)", achieved / peak, unit="",
+            detail=f"{achieved / 1e12:.2f} TFLOP/s achieved vs {peak / 1e12:.0f} TFLOP/s bf16 matmul on {name}",
+        ))
+        del m
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        info["cpu_bf16"] = "avx512_bf16" in flags or "amx_bf16" in flags
+    with contextlib.suppress(OSError, ValueError):
+        info["memory_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    from importlib.metadata import version
+
+    for pkg in ("transformers", "peft", "trl", "bitsandbytes", "accelerate"):
+        with contextlib.suppress(Exception):
+            info[pkg] = version(pkg)
+    return info
+
+
+def markdown(res: Results) -> str:
+    m = res.meta
+    lines = [
+        "# tunekit benchmark",
+        "",
+        f"Command: `{m['command']}`  ",
+        f"Mode: {'quick (tiny models only)' if res.settings.quick else 'full (tiny models and ' + REAL + ')'}; "
+        f"{res.settings.repeats} repeats; finished {m['finished']} after {m['duration_s'] / 60:.1f} min  ",
+        f"Machine: {m['machine'].get('cpu', '?')}, {m['machine']['cpu_count']} CPUs, torch threads {m['machine']['torch_threads']}, "
+        f"CUDA: {m['machine']['cuda'] or 'none'}; load average {m['load_average_start']} at start, {m['load_average_end']} at end  ",
+    ]
+    if res.settings.real_note:
+        lines.append(f"Real model: {res.settings.real_note}  ")
+    lines += [
+        "",
+        "Every value is a ratio against a baseline measured in the same run (median over runs, range and n in brackets), "
+        "except the levers baseline (absolute, for scale).",
+        "",
+        "| case | model | measurement | value | target | met | detail |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res.rows:
+        value = _fmt_value(r) if r.status == "ok" else r.status
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.case} | {r.model} | {r.measure} | {value} | {r.target} | {met} | {r.detail.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(res: Results, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    res.meta["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    res.meta["duration_s"] = round(time.time() - res.started, 1)
+    res.meta["load_average_end"] = _loadavg()
+    payload = {
+        "meta": res.meta,
+        "settings": res.settings.__dict__,
+        "classic_repairs": CLASSIC_REPAIRS,
+        "classic_settings": CLASSIC_SETTINGS,
+        "rows": [
+            {**r.__dict__, "spread": list(r.spread) if r.spread else None, "value": (None if r.value is None or math.isnan(r.value) else r.value)}
+            for r in res.rows
+        ],
+    }
+    (out / "bench.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / "bench.md").write_text(markdown(res))
+    print(f"[bench] wrote {out / 'bench.json'} and {out / 'bench.md'}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def check_real() -> tuple[bool, str]:
+    """Whether ``Tuner(model="smollm2-135m")`` can load here, converting the GGUF once if needed."""
+    try:
+        from tunekit.models.gguf_cache import cached_conversion
+        from tunekit.models.loading import materialize, resolve_source
+
+        source = resolve_source(REAL)
+        if source.kind == "gguf" and cached_conversion(Path(source.path) / str(source.gguf_file)) is not None:
+            note = "alias resolved; conversion already cached"
+        else:
+            t = time.perf_counter()
+            materialize(source)
+            note = f"alias resolved; GGUF converted and cached now ({time.perf_counter() - t:.0f} s, not part of any figure)"
+        return True, note
+    except Exception as exc:  # the alias is optional: say why its rows are skipped
+        return False, f"skipped: Tuner(model={REAL!r}) does not work here ({type(exc).__name__}: {exc})"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny models only (a few minutes)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where bench.json and bench.md go (default: benchmarks/results)")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--repeats", type=int, default=None, help="runs per comparison (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run on tiny models (default 8)")
+    p.add_argument("--no-real", action="store_true", help="skip the real-model rows even in full mode")
+    p.add_argument("--worker", choices=["memory", "load"], help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.worker:
+        spec = json.loads(args.spec)
+        out = {"memory": worker_memory, "load": worker_load}[args.worker](spec)
+        print(json.dumps(out), flush=True)
+        return 0
+    import datasets
+
+    datasets.disable_progress_bars()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {CASES}")
+    s = Settings(quick=args.quick, repeats=args.repeats or 3, warmup=2, steps=args.steps or 8, real_steps=4, real=False)
+    if not args.quick and not args.no_real:
+        s.real, s.real_note = check_real()
+    elif args.quick:
+        s.real_note = "not run (quick mode: tiny models only)"
+    else:
+        s.real_note = "not run (--no-real)"
+    res = Results(s, argv)
+    res.meta["command"] = "python benchmarks/bench.py " + " ".join(argv)
+    res.meta["machine"] = machine()
+    real = [REAL] if s.real else []
+    root = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
+    ws = Workspace(root)
+    plan: dict[str, Callable[[], None]] = {
+        "overhead": lambda: case_overhead(res, ws, s, ["tiny-gpt2", *real]),
+        "classic": lambda: case_classic(res, ws, s, ["tiny-gpt2", *real]),
+        "levers": lambda: case_levers(res, ws, s, ["tiny-gpt2", *real]),
+        "memory": lambda: case_memory(res, ws, s, ["tiny-llama-wide", *real]),
+        "scaling": lambda: case_scaling(res, ws, s, ["tiny", *real]),
+        "load": lambda: case_load(res, ws, s) if s.real else res.skip(f"load/{REAL}", "load", REAL, "first GGUF load / cached load", s.real_note),
+        "accelerator": lambda: case_accelerator(res, ws, s, real or ["tiny-gpt2"]),
+    }
+    try:
+        for case in CASES:
+            if case not in cases:
+                continue
+            print(f"[bench] --- {case} ---", flush=True)
+            try:
+                plan[case]()
+            except Exception as exc:  # one broken case must not hide the others' figures
+                traceback.print_exc()
+                res.add(Row(f"{case}/error", case, "-", "case failed", status="error", detail=f"{type(exc).__name__}: {exc}"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        write(res, args.out)
+    return 1 if any(r.status == "error" for r in res.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Pre-flight audit: what a run will learn from, what it trains, and what it will cost, before it runs.
+
+>>> report = tuner.preflight(rows)   # doctest: +SKIP
+>>> print(report.summary())          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
+from tunekit.errors import TunekitError
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+NO_LIMIT = 10**9
+MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
+
+
+class Finding(BaseModel):
+    """One problem or note. ``error`` stops ``fit`` unless overridden; ``warning`` is printed once."""
+
+    severity: Literal["error", "warning", "info"]
+    code: str
+    message: str
+
+
+class TokenStats(BaseModel):
+    rows: int
+    tokens: int
+    trained_tokens: int
+    trained_per_row_min: int
+    trained_per_row_median: float
+    trained_per_row_max: int
+    rows_over_max_length: int = Field(description="Rows longer than training.max_length (truncated by sft, split by causal-lm).")
+    rows_without_trained_tokens: int = Field(description="Rows with no trained token inside max_length (sft drops them).")
+    max_length: int
+
+
+class ParamGroup(BaseModel):
+    name: str
+    trainable: int
+    total: int
+
+
+class Estimate(BaseModel):
+    """Peak memory and time per optimizer step, from a measured forward+backward of real batches."""
+
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    seconds_per_step: float
+    batch_size: int
+    sequence_length: int
+    method: str
+
+
+class PreflightReport(BaseModel):
+    objective: str
+    row_format: str
+    findings: list[Finding] = Field(default_factory=list)
+    token_stats: TokenStats | None = None
+    label_samples: list[str] = Field(default_factory=list)
+    params_by_block: list[ParamGroup] = Field(default_factory=list)
+    estimate: Estimate | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def summary(self) -> str:
+        """A readable multi-line summary."""
+        out = [f"preflight: objective {self.objective} on {self.row_format} rows"]
+        if s := self.token_stats:
+            out += [
+                f"  rows {s.rows}, tokens {s.tokens:,}, trained tokens {s.trained_tokens:,}",
+                f"  trained tokens per row: min {s.trained_per_row_min}, median {s.trained_per_row_median:g}, max {s.trained_per_row_max}",
+                f"  rows over max_length={s.max_length}: {s.rows_over_max_length}; rows with nothing to train: {s.rows_without_trained_tokens}",
+            ]
+        if self.label_samples:
+            out.append(f"  what the model learns from ({MARK_OPEN}trained{MARK_CLOSE}):")
+            out += ["    " + sample.replace("\n", "\\n") for sample in self.label_samples]
+        if self.params_by_block:
+            out.append("  trainable parameters by block:")
+            out += [f"    {g.name:<18} {g.trainable:>12,} / {g.total:>12,}" for g in self.params_by_block]
+        if e := self.estimate:
+            out.append(
+                f"  estimate: peak memory {e.peak_memory_bytes / 2**20:,.0f} MiB ({e.peak_memory_kind}), "
+                f"{e.seconds_per_step:.3f} s/step at batch {e.batch_size} x {e.sequence_length} tokens ({e.method})"
+            )
+        for f in self.findings:
+            out.append(f"  {f.severity.upper()} [{f.code}] {f.message}")
+        if not self.findings:
+            out.append("  no problems found")
+        return "\n".join(out)
+
+
+class PreflightError(TunekitError):
+    """``fit`` was stopped by pre-flight errors (pass ``fit(..., ignore_preflight_errors=True)`` to go on)."""
+
+
+def _without_packing(objective: Any) -> Any:
+    options = getattr(objective, "options", None)
+    if options is not None and getattr(options, "packing", False):
+        return type(objective)(options.model_copy(update={"packing": False}))
+    return objective
+
+
+def token_stats(objective: Any, rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[TokenStats, Dataset]:
+    """Per-row statistics of the objective's output, measured without truncation."""
+    full = _without_packing(objective).tokenize(rows, tokenizer, max_length=NO_LIMIT)
+    trained_all, over, empty, tokens = [], 0, 0, 0
+    for ids, labels in zip(full["input_ids"], full["labels"], strict=True):
+        tokens += len(ids)
+        trained_all.append(sum(1 for x in labels if x != IGNORE_INDEX))
+        over += len(ids) > max_length
+        empty += not any(x != IGNORE_INDEX for x in labels[:max_length])
+    stats = TokenStats(
+        rows=len(full), tokens=tokens, trained_tokens=sum(trained_all),
+        trained_per_row_min=min(trained_all, default=0), trained_per_row_median=statistics.median(trained_all) if trained_all else 0,
+        trained_per_row_max=max(trained_all, default=0), rows_over_max_length=over, rows_without_trained_tokens=empty, max_length=max_length,
+    )
+    return stats, full
+
+
+def marked_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list[int]) -> str:
+    """The row's text with the trained spans wrapped in ⟦ ⟧."""
+    parts: list[str] = []
+    run: list[int] = []
+    trained_run = False
+    for tok, label in [*zip(ids, labels, strict=True), (None, None)]:
+        is_trained = label is not None and label != IGNORE_INDEX
+        if tok is None or is_trained != trained_run:
+            if run:
+                text = tokenizer.decode(run, skip_special_tokens=False)
+                parts.append(f"{MARK_OPEN}{text}{MARK_CLOSE}" if trained_run else text)
+            run, trained_run = [], is_trained
+        if tok is not None:
+            run.append(tok)
+    return "".join(parts)
+
+
+def label_findings(objective_name: str, full: Dataset, tokenizer: PreTrainedTokenizerBase) -> list[Finding]:
+    findings: list[Finding] = []
+    eos = tokenizer.eos_token_id
+    if objective_name == "sft" and eos is not None:
+        missing = sum(1 for labels in full["labels"] if eos not in [x for x in labels if x != IGNORE_INDEX])
+        if missing == len(full) and len(full):
+            findings.append(Finding(severity="error", code="eos-not-trained", message=(
+                f"no row trains the EOS token {tokenizer.eos_token!r}, so the tuned model will not learn to "
+                "stop; keep the sft option append_eos=true, or end answers with the end-of-turn token.")))
+        elif missing:
+            findings.append(Finding(severity="warning", code="eos-not-trained", message=f"{missing} of {len(full)} rows do not train the EOS token."))
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id == eos:
+        findings.append(Finding(severity="info", code="pad-equals-eos", message=(
+            "the pad token equals EOS; tunekit masks padding by position (attention mask), not by token id, "
+            "so EOS is still trained. A collator that masks the pad id would untrain it.")))
+    return findings
+
+
+def template_findings(tokenizer: PreTrainedTokenizerBase, row_format: str) -> list[Finding]:
+    """Check that the chat template used in training is the one saved with the tokenizer."""
+    if row_format != "chat" and not getattr(tokenizer, "chat_template", None):
+        return []
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        saved = AutoTokenizer.from_pretrained(tmp).chat_template
+    if saved != tokenizer.chat_template:
+        return [Finding(severity="error", code="template-mismatch", message=(
+            "the chat template used for training differs from the one saved with the tokenizer; set "
+            "data.chat_template so both are the same."))]
+    return []
+
+
+_BLOCK_RE = re.compile(r"\.(\d+)\.")
+
+
+def params_by_block(model: torch.nn.Module) -> tuple[list[ParamGroup], list[Finding]]:
+    """Trainable/total parameters per block: embeddings, each transformer block, head, other."""
+    from tunekit.models.inspect import decoder_blocks, output_head_names
+
+    blocks_name, _ = decoder_blocks(model)
+    heads = output_head_names(model)
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    embed_names = {n for n, m in model.named_modules() if m is embed and embed is not None}
+    groups: dict[str, list[int]] = {}
+    seen: dict[int, str] = {}
+    findings: list[Finding] = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        key = param.data_ptr()
+        if key in seen:  # a tied parameter: counted once, under its first name
+            if param.requires_grad:
+                findings.append(Finding(severity="warning", code="tied-weights-trained", message=(
+                    f"{name} is tied to {seen[key]} and trains: updating one updates the other.")))
+            continue
+        seen[key] = name
+        if any(name.startswith(h + ".") for h in heads):
+            group = "head"
+        elif any(name.startswith(e + ".") for e in embed_names) or "embed" in name or ".wpe." in name:
+            group = "embeddings"
+        elif blocks_name and name.startswith(blocks_name + ".") and (m := _BLOCK_RE.match(name[len(blocks_name):])):
+            group = f"block {int(m.group(1))}"
+        else:
+            group = "other"
+        counts = groups.setdefault(group, [0, 0])
+        counts[1] += param.numel()
+        if param.requires_grad:
+            counts[0] += param.numel()
+
+    def order(item: tuple[str, list[int]]) -> tuple[int, int]:
+        name = item[0]
+        if name == "embeddings":
+            return (0, 0)
+        if name.startswith("block "):
+            return (1, int(name.split()[1]))
+        return (2, 0) if name == "head" else (3, 0)
+
+    return [ParamGroup(name=n, trainable=c[0], total=c[1]) for n, c in sorted(groups.items(), key=order)], findings
+
+
+def estimate_step(
+    model: torch.nn.Module, tokenized: Dataset, *, pad_token_id: int, batch_size: int, accumulation: int, device: str, repeats: int = 2
+) -> Estimate:
+    """Measure forward+backward on the longest real batch and add what the optimizer will hold.
+
+    Nothing is updated: gradients are computed and dropped. Peak memory = the measured peak of
+    forward+backward (which already holds the gradients) + AdamW's two fp32 moments per
+    trainable parameter; time per step = measured forward+backward x accumulation.
+    """
+    import torch
+
+    from tunekit.training.memory import PeakMemory
+
+    order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i]["input_ids"]))[:batch_size]
+    batch = PadPerBatch(pad_token_id)([tokenized[i] for i in order])
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    model.train()
+    timings = []
+    try:
+        with PeakMemory(device) as peak:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                loss = model(**batch).loss
+                loss.backward()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                timings.append(time.perf_counter() - start)
+    finally:
+        for p in trainable:
+            p.grad = None
+        model.train(was_training)
+    optimizer_state = sum(2 * p.numel() * 4 for p in trainable)
+    return Estimate(
+        peak_memory_bytes=peak.peak_bytes + optimizer_state, peak_memory_kind=peak.kind,
+        seconds_per_step=min(timings[1:] or timings) * accumulation, batch_size=len(order),
+        sequence_length=int(batch["input_ids"].shape[1]),
+        method=f"measured forward+backward on the longest batch (best of {repeats}) + AdamW state",
+    )

@@ -1,0 +1,148 @@
+"""What every ``fit`` leaves in its run directory besides the model: a loss plot and a model card.
+
+The run directory holds ``tunekit.yaml`` (the config), ``result.json`` (every figure
+measured), ``loss.png`` (the training loss curve, with the eval loss when there is one),
+``README.md`` (a model card) and ``model/`` (the tuned model or adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunekit.config import TuneConfig
+    from tunekit.results import FitResult
+
+log = logging.getLogger(__name__)
+
+LOSS_PLOT = "loss.png"
+MODEL_CARD = "README.md"
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the model card says about the data."""
+
+    description: str
+    row_format: str
+    train_rows: int
+    eval_rows: int
+
+
+def write_loss_plot(result: FitResult, path: Path, *, title: str = "") -> Path | None:
+    """Plot the logged training loss (and the eval loss, when measured) against the step.
+
+    Uses matplotlib's Agg canvas directly: no display, and no change to pyplot's global backend.
+    Returns None, with a warning, when nothing was logged or matplotlib is missing.
+    """
+    points = [(p.step, p.loss) for p in result.loss_history if math.isfinite(p.loss)]
+    evals = [(p.step, p.loss) for p in result.eval_history if math.isfinite(p.loss)]
+    if result.eval_loss is not None and math.isfinite(result.eval_loss) and (not evals or evals[-1][0] != result.steps):
+        evals.append((result.steps, result.eval_loss))
+    if not points:
+        return None
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("tunekit: matplotlib is not installed, so no loss plot was drawn (pip install matplotlib).")
+        return None
+    fig = Figure(figsize=(7, 4), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([s for s, _ in points], [v for _, v in points], marker="." if len(points) < 40 else None, label="train loss")
+    if evals:
+        ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (cross-entropy per token)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{title}: {result.strategy} ({result.objective}), {result.steps} steps")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot: str | None, learning_rate: float | None = None) -> str:
+    """The run's ``README.md``: base model, strategy, data, training settings and metrics."""
+    lr = learning_rate if learning_rate is not None else config.training.learning_rate
+    t = config.training
+    options = ", ".join(f"{k}={v!r}" for k, v in config.strategy.options.items()) or "defaults"
+    metrics = [("final train loss (last logged)", result.train_loss), ("mean train loss", result.mean_train_loss)]
+    if result.eval_loss is not None:
+        metrics += [("eval loss", result.eval_loss), ("eval perplexity", result.eval_perplexity)]
+    metrics += [(f"eval {k}", v) for k, v in result.eval_metrics.items() if k not in {"loss", "perplexity"}]
+    lines = [
+        f"# {config.model}, tuned with {result.strategy}",
+        "",
+        f"A causal language model fine-tuned with tunekit from **{config.model}**.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{config.model}` |",
+        f"| strategy | `{result.strategy}` ({options}) |",
+        f"| quantizer | `{config.quantizer.name}` |",
+        f"| objective | `{result.objective}` |",
+        f"| data | {data.description}: {data.train_rows} training rows ({data.row_format}), {data.eval_rows} eval rows |",
+        f"| trainable parameters | {result.trainable_params:,} of {result.total_params:,} ({result.trainable_percent:.2f}%) |",
+        f"| steps | {result.steps} (batch size {t.batch_size} x {t.gradient_accumulation} accumulation, "
+        f"learning rate {lr if lr is not None else 'the strategy default'}, {t.scheduler} schedule) |",
+        f"| max length / seed | {t.max_length} tokens / {t.seed} |",
+        f"| precision | {result.precision} |",
+        f"| tokens seen | {result.tokens_seen:,} in {result.wall_time_s:.0f} s ({result.tokens_per_second:,.0f} tokens/s) |",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {name} | {_fmt(value)} |" for name, value in metrics],
+        "",
+    ]
+    if plot:
+        lines += [f"![loss curve]({plot})", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `tunekit.yaml`: the full configuration (every default filled in)",
+        "- `result.json`: every figure measured during the run",
+        *([f"- `{plot}`: the loss curve"] if plot else []),
+        "- `model/`: the tuned "
+        + ("LoRA adapter (peft format: `adapter_config.json` + `adapter_model.safetensors`)" if config.strategy.name == "lora" else "model"),
+        "",
+        "## Use it",
+        "",
+        "```python",
+        "from tunekit import Tuner",
+        "",
+        f'tuner = Tuner.load("{result.output_dir}")',
+        'print(tuner.generate("..."))',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_run_report(
+    output_dir: Path, result: FitResult, config: TuneConfig, data: DataSummary, *, learning_rate: float | None = None
+) -> None:
+    """Write the loss plot and the model card into ``output_dir``."""
+    try:
+        plot = write_loss_plot(result, output_dir / LOSS_PLOT, title=config.model)
+    except Exception as exc:  # a plotting failure must not lose a finished run
+        log.warning("tunekit: could not draw the loss plot: %s", exc)
+        plot = None
+    card = model_card(result, config, data, plot=plot.name if plot else None, learning_rate=learning_rate)
+    (output_dir / MODEL_CARD).write_text(card, encoding="utf-8")

@@ -1,0 +1,29 @@
+"""A user script, run unchanged under `torchrun --nproc_per_node 2` by tests/test_distributed.py.
+
+usage: torchrun --nproc_per_node 2 ddp_fit.py MODEL OUTPUT_DIR DUMP_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tunekit import Tuner
+from tunekit.testing import sft_rows
+
+model, output_dir, dump = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+tuner = Tuner(
+    model=model,
+    strategy={"name": "lora", "rank": 4},
+    output_dir=output_dir,
+    training={"max_steps": 3, "batch_size": 2, "gradient_accumulation": 2, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0},
+)
+result = tuner.fit(sft_rows(32), eval=sft_rows(6, seed=5))
+rank = int(os.environ.get("RANK", "0"))
+weights = {n: p.detach().flatten().tolist() for n, p in tuner.model.named_parameters() if p.requires_grad}
+dump.mkdir(parents=True, exist_ok=True)
+(dump / f"rank{rank}.json").write_text(
+    json.dumps({"weights": weights, "result": json.loads(result.model_dump_json())})
+)
