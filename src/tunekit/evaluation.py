@@ -135,10 +135,15 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
     """Mean cross-entropy per trained token over ``rows`` (``input_ids`` + ``labels``).
 
     Weighted by tokens, not by batch, so the figure does not depend on the batch size
-    or on how rows happen to be grouped.
+    or on how rows happen to be grouped. Under a multi-process launch each rank scores its
+    shard of the rows and the sums are reduced, so every rank returns the same figure.
     """
     import torch
 
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    indices = list(range(len(rows)))
+    if distributed:
+        indices = indices[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
     collate = PadPerBatch(pad_token_id=pad_token_id)
     device = next(model.parameters()).device
     was_training = model.training
@@ -146,8 +151,8 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
     total_loss, total_tokens = 0.0, 0
     try:
         with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+            for start in range(0, len(indices), batch_size):
+                batch = collate([rows[i] for i in indices[start : start + batch_size]])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 shift_logits = logits[:, :-1, :].float()
@@ -162,6 +167,10 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
                 total_tokens += int((shift_labels != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
+    if distributed:
+        sums = torch.tensor([total_loss, float(total_tokens)], dtype=torch.float64)
+        torch.distributed.all_reduce(sums)
+        total_loss, total_tokens = float(sums[0]), int(sums[1])
     mean = total_loss / total_tokens if total_tokens else float("nan")
     return EvalResult(
         loss=mean,

@@ -82,7 +82,11 @@ class FitResult(BaseModel):
     )
     loss_history: list[LogPoint] = Field(default_factory=list)
     eval_history: list[EvalPoint] = Field(default_factory=list)
-    tokens_seen: int = Field(description="Non-padding tokens fed to the model during training.")
+    tokens_seen: int = Field(description="Non-padding tokens fed to the model during training (all processes).")
+    world_size: int = Field(default=1, description="Processes that trained together (data parallel).")
+    effective_batch_size: int = Field(
+        default=0, description="Rows per optimizer step: batch_size x processes x gradient_accumulation."
+    )
     wall_time_s: float
     tokens_per_second: float
     peak_memory_bytes: int

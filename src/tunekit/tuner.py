@@ -281,6 +281,8 @@ class Tuner:
             loss_history=outcome.loss_history,
             eval_history=outcome.eval_history,
             tokens_seen=outcome.tokens_seen,
+            world_size=outcome.world_size,
+            effective_batch_size=outcome.effective_batch_size,
             wall_time_s=outcome.wall_time_s,
             tokens_per_second=outcome.tokens_seen / outcome.wall_time_s if outcome.wall_time_s else 0.0,
             peak_memory_bytes=outcome.peak_memory_bytes,

@@ -28,6 +28,8 @@ class TrainOutcome:
     loss_history: list[LogPoint] = field(default_factory=list)
     eval_history: list[EvalPoint] = field(default_factory=list)
     tokens_seen: int = 0
+    world_size: int = 1
+    effective_batch_size: int = 0
     wall_time_s: float = 0.0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
@@ -166,4 +168,6 @@ def train(
     outcome.steps = int(trainer.state.global_step)
     outcome.mean_loss = float(output.training_loss)
     outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
+    outcome.world_size = int(args.world_size)
+    outcome.effective_batch_size = int(args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps)
     return outcome
