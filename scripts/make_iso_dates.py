@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "tunekit" / "datasets" / "iso_dates"
-SYSTEM = "Rewrite the date in ISO 8601 format (YYYY-MM-DD). Answer with the date only."
+SYSTEM = "Give this date as YYYY-MM-DD, nothing else."
 SEED = 20240501
 SIZES = {"train": 800, "test": 100}
 

@@ -43,7 +43,7 @@ def three(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[C
     lines: list[str] = []
     report = compare(
         str(model_path), ["full", "head", "lora"], sft_rows(32), sft_rows(8, seed=1),
-        budget={"max_steps": STEPS}, seeds=[0], training=TRAINING,
+        budget={"max_steps": STEPS}, seeds=[0], training=TRAINING, keep_models=False,
         output_dir=tmp_path_factory.mktemp("three") / "report", progress=lines.append,
     )
     return report, lines
@@ -87,13 +87,16 @@ def test_three_candidates_give_three_rows(three):
         assert row["peak_memory_mib"] > 0 and row["wall_time_s"] > 0 and row["tokens_per_second"] > 0
         assert row["train_loss"] > 0 and row["eval_loss"] > 0
         assert row["perplexity"] == pytest.approx(2.718281828 ** row["eval_loss"], rel=1e-6)
-        assert row["saved_mib"] > 0
+        assert row["saved_mib"] > 0  # measured before keep_models=False removed it
         assert row["config"]["strategy"]["name"] == row["strategy"]
         assert row["config"]["training"]["max_steps"] == STEPS
     by_name = {row["candidate"]: row for row in table}
     assert by_name["lora"]["saved_mib"] < by_name["full"]["saved_mib"]  # an adapter, not the model
     assert by_name["full"]["trainable_percent"] == pytest.approx(100.0)
     assert report.train_rows == 32 and report.eval_rows == 8
+    for cand in report.candidates:
+        fit_dir = Path(cand.runs[0].output_dir)
+        assert (fit_dir / "result.json").is_file() and not (fit_dir / "model").exists()
 
 
 def test_every_candidate_read_the_same_staged_rows(three):
@@ -174,6 +177,9 @@ def test_cli_prints_the_table_and_writes_the_report_directory(via_cli):
         assert (out / name).is_file(), name
     assert (out / "compare.png").read_bytes()[:8] == PNG
     assert report.train_data.endswith("train.jsonl") and report.seeds == [0, 1]
+    assert (report.train_rows, report.eval_rows) == (32, 8)
+    assert "the same 32 training rows in the same order, evaluated on the same 8 rows" in stdout
+    assert (Path(report.candidate("lora").runs[1].output_dir) / "model" / "adapter_config.json").is_file()
 
 
 def test_failing_candidates_become_error_rows_and_the_others_complete(via_cli):

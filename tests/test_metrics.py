@@ -116,6 +116,7 @@ def test_a_plugin_metric_is_asked_for_by_name():
 
 def test_evaluate_with_metrics_before_and_after_fit(tiny_llama, tmp_path):
     from tests.conftest import quick
+
     from tunekit import Tuner
     from tunekit.testing import chat_rows, sft_rows, text_rows
 

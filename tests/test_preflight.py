@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import quick
+
 from tunekit import Tuner
 from tunekit.preflight import MARK_CLOSE, MARK_OPEN, PreflightError
 from tunekit.testing import chat_rows, sft_rows, text_rows

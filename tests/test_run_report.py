@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import quick
+
 from tunekit import Tuner
 from tunekit.testing import chat_rows, text_rows
 

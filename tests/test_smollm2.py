@@ -75,7 +75,7 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
         training={"max_steps": 8, "batch_size": 8, "learning_rate": 2e-3, "logging_steps": 1, "max_length": 128, "progress_bar": False},
     )
     rendered = render_chat(tuner.tokenizer, test[0]["messages"])
-    assert rendered.startswith("<|im_start|>system\nRewrite the date")  # the GGUF's template, our system prompt
+    assert rendered.startswith("<|im_start|>system\nGive this date")  # the GGUF's template, our system prompt
 
     before = tuner.evaluate(test, metrics=["loss", "exact_match"])
     result = tuner.fit(train[:64], eval=test, metrics=["loss", "exact_match"])

@@ -21,7 +21,7 @@ MODEL = "smollm2-135m"
 TASK = "iso-dates"
 METRICS = ["exact_match"]
 STEPS = 16
-BATCH_SIZE = 16
+BATCH_SIZE = 8
 LEARNING_RATE = 2e-3
 SAMPLES = 4
 
@@ -113,6 +113,9 @@ def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, 
     hits_after = round(after_metrics["exact_match"] * len(test))
     print(f"{'exact match':<{width}} {before.metrics['exact_match']:>12.1%} {after_metrics['exact_match']:>12.1%}")
     print(f"{'  (rows right)':<{width}} {f'{hits_before}/{len(test)}':>12} {f'{hits_after}/{len(test)}':>12}")
+    inside_before = sum(g.reference in g.prediction for g in before.generations)
+    inside_after = sum(g.reference in g.prediction for g in after_generations)
+    print(f"{'  (right date anywhere)':<{width}} {f'{inside_before}/{len(test)}':>12} {f'{inside_after}/{len(test)}':>12}")
     print(f"{'loss on the answer tokens':<{width}} {before.loss:>12.4f} {result.eval_loss:>12.4f}")
     print(f"{'perplexity':<{width}} {before.perplexity:>12.3f} {result.eval_perplexity:>12.3f}")
     print(rule)
@@ -139,6 +142,8 @@ def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, 
         "overlap_rows": overlap,
         "exact_match_before": before.metrics["exact_match"],
         "exact_match_after": after_metrics["exact_match"],
+        "right_date_anywhere_before": inside_before,
+        "right_date_anywhere_after": inside_after,
         "loss_before": before.loss,
         "loss_after": result.eval_loss,
         "steps": result.steps,

@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 
 PROJECT_NAME = "tunekit"
 
+API_VERSION = 1
+"""The plugin API version. A plugin module declares the version it was written for as
+``TUNEKIT_API_VERSION = 1``; a plugin declaring another version (or none) is refused with a
+message naming it. The number changes only when a hook's signature or a part protocol
+changes incompatibly."""
+
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 

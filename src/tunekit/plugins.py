@@ -75,23 +75,43 @@ def _load_entry_points(pm: pluggy.PluginManager, plugins: Plugins) -> None:
         names = {ep.name, dist}
         if names & blocked or (allowed is not None and not names & allowed):
             continue
+        version = ep.dist.version if ep.dist is not None else ""
+        asked_for = allowed is not None and bool(names & allowed)
         try:
             module = ep.load()
+            why = _api_mismatch(module, ep.name, f"{dist} {version}".strip())
         except Exception as exc:  # a broken plugin must not take the others down
-            why = f"{type(exc).__name__}: {exc}"
-            if allowed is not None and names & allowed:
+            module, why = None, f"failed to import ({type(exc).__name__}: {exc})"
+        if why:
+            if asked_for:
                 raise PluginError(
-                    f"plugin {ep.name!r} (distribution {dist!r}) failed to import: {why}. "
-                    "It was asked for by name in TUNEKIT_PLUGINS; fix or reinstall it."
-                ) from exc
-            plugins.failed[ep.name] = why
+                    f"plugin {ep.name!r} (distribution {dist!r}) {why}. It was asked for by name in "
+                    "TUNEKIT_PLUGINS; fix, upgrade or reinstall it."
+                )
+            plugins.failed[ep.name] = f"{dist} {version}: {why}".strip()
             log.warning("tunekit: skipping plugin %r (distribution %r): %s", ep.name, dist, why)
             continue
         if pm.is_registered(module) or pm.has_plugin(ep.name):
             continue
         pm.register(module, name=ep.name)
-        version = ep.dist.version if ep.dist is not None else ""
         plugins.distributions[ep.name] = f"{dist} {version}".strip()
+
+
+def _api_mismatch(module: Any, name: str, dist: str) -> str | None:
+    declared = getattr(module, "TUNEKIT_API_VERSION", None)
+    if declared == hookspecs.API_VERSION:
+        return None
+    from tunekit import __version__
+
+    if declared is None:
+        return (
+            f"declares no plugin API version; add TUNEKIT_API_VERSION = {hookspecs.API_VERSION} to the "
+            f"module its entry point names (tunekit {__version__} speaks plugin API {hookspecs.API_VERSION})"
+        )
+    return (
+        f"({dist}) targets plugin API {declared!r}, but tunekit {__version__} speaks plugin API "
+        f"{hookspecs.API_VERSION}; install a version of the plugin made for this tunekit"
+    )
 
 
 def _fill_registries(pm: pluggy.PluginManager, plugins: Plugins) -> None:
@@ -127,6 +147,8 @@ def build_plugins() -> Plugins:
             f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith(('register_', 'on_'))))}."
         ) from exc
     _fill_registries(pm, plugins)
+    for registry in plugins.registries.values():
+        registry.failed_plugins = plugins.failed
     return plugins
 
 

@@ -41,6 +41,8 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._parts: dict[str, Registration] = {}
+        self.failed_plugins: dict[str, str] = {}
+        """Entry-point plugins that could not be loaded (name -> why), named in unknown-part errors."""
 
     def add(self, cls: type[Any], plugin: str) -> None:
         name = getattr(cls, "name", None)
@@ -75,9 +77,10 @@ class Registry:
     def unknown_message(self, name: str) -> str:
         close = difflib.get_close_matches(str(name), list(self._parts), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        failed = "".join(f" Plugin {p!r} could not be loaded and may provide it: {why}." for p, why in self.failed_plugins.items())
         return (
             f"unknown {self.kind.replace('_', ' ')} {name!r}.{hint} Installed: "
-            f"{join_names(self._parts)}. A plugin package can add more (see `tunekit plugins`)."
+            f"{join_names(self._parts)}. A plugin package can add more (see `tunekit plugins`).{failed}"
         )
 
     def __contains__(self, name: object) -> bool:

@@ -122,10 +122,12 @@ def compare(
     report.candidates = [result for result, _ in planned]
     total = sum(len(seed_list) for result, _ in planned if result.error is None)
     say(f"compare: {len(parsed)} candidates x {len(seed_list)} seed(s) = {total} runs; report in {out}")
+    for result, _ in planned:
+        if result.error is not None:
+            say(f"compare: {result.name}: not run: {one_line(result.error)}")
     done = 0
     for result, config in planned:
         if result.error is not None:
-            say(f"compare: {result.name}: not run: {one_line(result.error)}")
             continue
         for seed in seed_list:
             done += 1

@@ -65,8 +65,11 @@ def _bars(
     heights = [m if m is not None else 0.0 for m in means]
     colors = [f"C{i % 10}" for i in x]
     ax.bar(x, heights, yerr=stds if any(stds) else None, color=colors, capsize=4, edgecolor="black", linewidth=0.6)
-    if log and any(h > 0 for h in heights):
+    positive = [h for h in heights if h > 0]
+    log = log and bool(positive) and max(positive) / min(positive) > 20  # a log axis only where linear hides bars
+    if log:
         ax.set_yscale("log")
+        ylabel += " (log scale)"
     top = max((h for h in heights if h > 0), default=1.0)
     values = [m for m in means if m is not None]
     low = 0.0
@@ -134,7 +137,7 @@ def plot_report(report: CompareReport, path: Path, *, metric: str | None = None)
     metric_label = LABELS.get(column, name)
     _bars(fig.add_subplot(grid[1, 0]), report, column, metric_label, f"{metric_label} ({direction} is better)", ".4g",
           zoom=True)
-    _bars(fig.add_subplot(grid[1, 1]), report, "trainable_params", "trainable parameters (log scale)",
+    _bars(fig.add_subplot(grid[1, 1]), report, "trainable_params", "trainable parameters",
           "Trainable parameters", ",.0f", log=True)
     kinds = {r.peak_memory_kind for c in report.candidates for r in c.ok_runs if r.peak_memory_kind}
     _bars(fig.add_subplot(grid[1, 2]), report, "peak_memory_mib", "peak memory (MiB)",

@@ -305,12 +305,15 @@ class CompareReport(BaseModel):
         budget = ", ".join(f"{k}={v}" for k, v in self.budget.items()) or "the shared training options"
         if "max_steps" not in self.budget and self.max_steps is not None:
             budget += f" (= {self.max_steps} steps)"
-        rows = f"{self.train_rows} training rows" if self.train_rows is not None else "the training rows"
-        evals = (f", evaluated on {self.eval_rows} rows" if self.eval_rows is not None else ", evaluated on the eval rows") if self.eval_data else ", no eval set"
+        rows = f"same {self.train_rows} training rows" if self.train_rows is not None else "same training rows"
+        if self.eval_data is None:
+            evals = ", no eval set"
+        else:
+            evals = f", evaluated on the same {self.eval_rows} rows" if self.eval_rows is not None else ", evaluated on the same rows"
         seeds = ", ".join(map(str, self.seeds))
         return (
             f"Model `{self.model}`, budget {budget}, seed{'s' if len(self.seeds) > 1 else ''} {seeds}; "
-            f"every candidate trained on the same {rows} in the same order{evals}, each in its own process."
+            f"every candidate trained on the {rows} in the same order{evals}, each in its own process."
         )
 
     def __str__(self) -> str:

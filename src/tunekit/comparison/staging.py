@@ -61,10 +61,13 @@ def stage_data(train: Any, eval: Any, options: DataOptions, *, seed: int, direct
     needs_split = eval is None and options.eval_fraction is not None
     passthrough = options.adapter is None and not needs_split
     if passthrough and _is_path(train) and (eval is None or _is_path(eval)):
+        # Read once here too: a bad file fails now, not once per candidate, and the report can count rows.
+        n_train = len(load_rows(train, options, where="training").train)
+        n_eval = len(load_rows(eval, options, where="eval").train) if eval is not None else None
         return StagedData(
             str(Path(train).expanduser().resolve()),
             str(Path(eval).expanduser().resolve()) if eval is not None else None,
-            None, None, written=False,
+            n_train, n_eval, written=False,
         )
     loaded = load_rows(train, options, where="training")
     train_rows, eval_rows = loaded.train, loaded.eval

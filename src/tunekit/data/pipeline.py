@@ -26,13 +26,14 @@ class PreparedRows:
 
 
 def _adapter(options: DataOptions, source: Any) -> Any:
-    from tunekit.plugins import get_registry
+    from tunekit.plugins import BUILTIN_PLUGIN, get_registry
 
     registry = get_registry("dataset_adapter")
     if options.adapter is not None:
         reg = registry.get(options.adapter.name, location="data.adapter")
         return reg.cls(reg.options_model.model_validate(options.adapter.options))
-    for reg in registry:
+    # Plugins' adapters are asked first: the built-ins are catch-alls (any list, any path).
+    for reg in sorted(registry, key=lambda r: r.plugin == BUILTIN_PLUGIN):
         adapter = reg.cls(reg.options_model())
         if adapter.can_load(source):
             return adapter

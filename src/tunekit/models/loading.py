@@ -147,7 +147,7 @@ def load_model(
     source = materialize(source)
     kwargs = dict(extra_kwargs or {})
     if "quantization_config" not in kwargs:
-        kwargs["dtype"] = dtype
+        kwargs.setdefault("dtype", dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path,

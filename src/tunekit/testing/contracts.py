@@ -1,0 +1,145 @@
+"""Contract checks a plugin author runs in their own test suite.
+
+Each check exercises a part through the public API, the way tunekit will use it, and raises
+``ContractViolation`` with what was wrong. Example (a strategy plugin)::
+
+    from tunekit.testing.contracts import check_strategy
+
+    def test_bitfit_contract(tiny_gpt2):
+        report = check_strategy("bitfit", tiny_gpt2)
+        assert report.trained == {n for n in report.trained if n.endswith(".bias")}
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunekit.data.collate import IGNORE_INDEX
+from tunekit.testing import chat_rows, sft_rows, text_rows
+
+
+class ContractViolation(AssertionError):
+    """A part does not do what the plugin contract requires of it."""
+
+
+@dataclass
+class StrategyReport:
+    """What a strategy did to a model during a short fit."""
+
+    trainable: set[str] = field(default_factory=set)
+    """Parameters left with ``requires_grad=True`` by ``prepare``."""
+    trained: set[str] = field(default_factory=set)
+    """Parameters whose values changed during the fit."""
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def check_strategy(
+    strategy: str | dict[str, Any], model: str | Path, *, rows: list[dict[str, Any]] | None = None,
+    steps: int = 3, learning_rate: float = 1e-2, quantizer: str = "none",
+) -> StrategyReport:
+    """Fit a few steps with ``strategy`` and check it leaves frozen exactly what it claims.
+
+    Checks: every parameter it leaves frozen (``requires_grad=False``) is bit-for-bit unchanged
+    after ``fit``; at least one trainable parameter changed; the counts ``fit`` reports equal
+    the model's own; the result saves and reloads with equal logits.
+    """
+    import torch
+
+    from tunekit.tuner import Tuner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tuner = Tuner(
+            model=str(model), strategy=strategy, quantizer=quantizer, output_dir=str(Path(tmp) / "run"),
+            training={"max_steps": steps, "learning_rate": learning_rate, "batch_size": 8, "progress_bar": False, "logging_steps": 1},
+        )
+        net = tuner.model
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        report = StrategyReport(trainable={n for n, p in net.named_parameters() if p.requires_grad})
+        if not report.trainable:
+            raise ContractViolation(f"strategy {strategy!r} left no parameter trainable")
+        result = tuner.fit(rows or sft_rows(16))
+        after = dict(net.named_parameters())
+        report.trained = {n for n, p in after.items() if not torch.equal(p.detach(), before[n])}
+        report.trainable_params, report.total_params = result.trainable_params, result.total_params
+        leaked = report.trained - report.trainable
+        if leaked:
+            raise ContractViolation(f"strategy {strategy!r} changed parameters it left frozen: {sorted(leaked)[:5]}")
+        if not report.trained:
+            raise ContractViolation(f"strategy {strategy!r} trained nothing in {steps} steps at lr {learning_rate}")
+        counted = sum(p.numel() for n, p in net.named_parameters() if n in report.trainable)
+        if counted != result.trainable_params:
+            raise ContractViolation(f"fit reported {result.trainable_params} trainable parameters, the model has {counted}")
+        saved = tuner.save(Path(tmp) / "saved")
+        reloaded = Tuner.load(saved).model.eval()
+        ids = torch.tensor([[1, 2, 3, 4, 5]])
+        net.eval()
+        with torch.no_grad():
+            if not torch.allclose(net(ids).logits, reloaded(ids).logits, atol=1e-5):
+                raise ContractViolation(f"a model tuned with {strategy!r} does not reload with the same logits")
+    return report
+
+
+def check_dataset_adapter(adapter: str | dict[str, Any], source: Any) -> Any:
+    """Load ``source`` with ``adapter`` and check it yields non-empty rows of a known format.
+
+    Returns the prepared rows (format, train, eval).
+    """
+    from tunekit.config import DataOptions
+    from tunekit.data.pipeline import prepare_rows
+    from tunekit.plugins import get_registry
+
+    name = adapter if isinstance(adapter, str) else adapter["name"]
+    registry = get_registry("dataset_adapter")
+    reg = registry.get(name)
+    instance = reg.cls(reg.options_model.model_validate({k: v for k, v in (adapter if isinstance(adapter, dict) else {}).items() if k != "name"}))
+    if not instance.can_load(source):
+        raise ContractViolation(f"adapter {name!r} says it cannot load {type(source).__name__} it was given")
+    prepared = prepare_rows(source, None, DataOptions(adapter=adapter), seed=0)
+    if len(prepared.train) == 0:
+        raise ContractViolation(f"adapter {name!r} yielded no rows")
+    if prepared.format not in {"text", "prompt_completion", "chat"}:
+        raise ContractViolation(f"adapter {name!r} yielded rows of unknown format {prepared.format!r}")
+    return prepared
+
+
+def check_objective(
+    objective: str | dict[str, Any], tokenizer: Any, *, row_format: str = "prompt_completion",
+    rows: Any = None, max_length: int = 64, masked: Any = None,
+) -> Any:
+    """Tokenize rows with ``objective`` and check its labels are well formed.
+
+    Checks: ``input_ids`` and ``labels`` have equal lengths within ``max_length``; every label is
+    -100 or the token at that position; every row trains at least one token. ``masked``, when
+    given, is a function ``(row, input_ids) -> set of positions`` that must be exactly the
+    masked (-100) positions: the objective masks what it says.
+    """
+    from datasets import Dataset
+
+    from tunekit.data.pipeline import build_objective
+    from tunekit.data.rows import normalise_rows
+
+    name = objective if isinstance(objective, str) else objective["name"]
+    options = {} if isinstance(objective, str) else {k: v for k, v in objective.items() if k != "name"}
+    built = build_objective(name, options, row_format)
+    default_rows = {"prompt_completion": sft_rows(8), "chat": chat_rows(8), "text": text_rows(8)}[row_format]
+    _, source = normalise_rows(Dataset.from_list(rows or default_rows))
+    out = built.tokenize(source, tokenizer, max_length=max_length)
+    for i, row in enumerate(out):
+        ids, labels = row["input_ids"], row["labels"]
+        if len(ids) != len(labels) or len(ids) > max_length:
+            raise ContractViolation(f"row {i}: input_ids ({len(ids)}) and labels ({len(labels)}) must match and fit max_length={max_length}")
+        bad = [j for j, (t, lab) in enumerate(zip(ids, labels, strict=True)) if lab not in (IGNORE_INDEX, t)]
+        if bad:
+            raise ContractViolation(f"row {i}: labels at positions {bad[:5]} are neither -100 nor the input token")
+        if all(lab == IGNORE_INDEX for lab in labels):
+            raise ContractViolation(f"row {i} trains no token")
+        if masked is not None and len(out) == len(source):
+            expected = set(masked(source[i], ids))
+            actual = {j for j, lab in enumerate(labels) if lab == IGNORE_INDEX}
+            if expected != actual:
+                raise ContractViolation(f"row {i}: masked positions {sorted(actual)[:8]} differ from the claimed {sorted(expected)[:8]}")
+    return out
