@@ -53,8 +53,9 @@ def test_installed_plugin_is_seen_by_tuner_compare_and_cli_then_gone(installed_p
     assert 0 < result.trainable_params < result.total_params
 
     report = compare(model=str(tiny_gpt2), candidates=["bitfit", "lora"], train=sft_rows(8), budget={"max_steps": 2}, output_dir=str(tmp_path / "cmp"))
-    rows = {r.name: r for r in report.rows}
-    assert "bitfit" in rows and rows["bitfit"].error is None, rows
+    rows = {c.name: c for c in report.candidates}
+    assert rows["bitfit"].status == "ok", rows["bitfit"].error_message
+    assert rows["bitfit"].runs[0].trainable_params == result.trainable_params
 
     # the plugin's own test suite, written with tunekit.testing, passes against this tunekit
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PACKAGE / "tests")], capture_output=True, text=True)
