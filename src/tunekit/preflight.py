@@ -93,8 +93,8 @@ class PreflightReport(BaseModel):
             out.append(f"  what the model learns from ({MARK_OPEN}trained{MARK_CLOSE}):")
             out += ["    " + sample.replace("\n", "\\n") for sample in self.label_samples]
         if self.params_by_block:
-            out.append("  trainable parameters by block:")
-            out += [f"    {g.name:<18} {g.trainable:>12,} / {g.total:>12,}" for g in self.params_by_block]
+            out.append("  trainable parameters by block (trainable / total):")
+            out += [f"    {name:<18} {line}" for name, line in _collapsed_blocks(self.params_by_block)]
         if e := self.estimate:
             out.append(
                 f"  estimate: peak memory {e.peak_memory_bytes / 2**20:,.0f} MiB ({e.peak_memory_kind}), "
@@ -105,6 +105,26 @@ class PreflightReport(BaseModel):
         if not self.findings:
             out.append("  no problems found")
         return "\n".join(out)
+
+
+def _collapsed_blocks(groups: list[ParamGroup]) -> list[tuple[str, str]]:
+    """Rows for the summary; runs of identical transformer blocks are shown once ("blocks 0-29")."""
+    rows: list[tuple[str, str]] = []
+    i = 0
+    while i < len(groups):
+        g, j = groups[i], i
+        while (
+            g.name.startswith("block ") and j + 1 < len(groups) and groups[j + 1].name.startswith("block ")
+            and (groups[j + 1].trainable, groups[j + 1].total) == (g.trainable, g.total)
+        ):
+            j += 1
+        if j > i:
+            first, last = g.name.split()[1], groups[j].name.split()[1]
+            rows.append((f"blocks {first}-{last}", f"{g.trainable:>12,} / {g.total:>12,} each"))
+        else:
+            rows.append((g.name, f"{g.trainable:>12,} / {g.total:>12,}"))
+        i = j + 1
+    return rows
 
 
 class PreflightError(TunekitError):
