@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import platform
@@ -48,15 +49,25 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# libgomp's default wait policy spins at every parallel barrier; on a shared CPU a thread spinning
+# for a descheduled partner stalls every op (here: a 135M-model step 5-10x slower with 2 threads).
+# PASSIVE is set before torch loads; the "omp_passive" lever measures what it buys. Override by
+# exporting OMP_WAIT_POLICY yourself.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
 
 REAL = "smollm2-135m"
 CASES = ("overhead", "classic", "levers", "memory", "scaling", "load", "accelerator")
@@ -72,6 +83,7 @@ class Settings:
     """How much of each case runs. ``quick``: tiny models only."""
 
     quick: bool
+    smoke: bool
     repeats: int
     warmup: int
     steps: int  # timed steps per run on tiny models
@@ -134,14 +146,14 @@ def _fmt_value(row: Row) -> str:
     if row.value is None:
         return "-"
     v = row.value
-    text = f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    text = f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 100 else f"{v:.0f}"
     if row.unit == "x":
         text += "x"
     elif row.unit:
         text += f" {row.unit}"
     if row.spread and row.n > 1:
         lo, hi = row.spread
-        text += f" ({lo:.3g}-{hi:.3g}, n={row.n})"
+        text += f" ({lo:.2f}-{hi:.2f}, n={row.n})"
     elif row.n:
         text += f" (n={row.n})"
     return text
@@ -176,8 +188,8 @@ class Workspace:
             elif name == "tiny-llama":  # longer context for the scaling case (rope: no position weights)
                 build_tiny_model(path, arch="llama")
                 _set_config(path, max_position_embeddings=4096)
-            elif name == "tiny-llama-wide":  # ~10M parameters, so weights show in memory figures
-                build_tiny_model(path, arch="llama", hidden=512, layers=4)
+            elif name == "tiny-llama-wide":  # ~38M parameters, so weights show in memory figures
+                build_tiny_model(path, arch="llama", hidden=1024, layers=4)
             else:
                 raise ValueError(f"unknown benchmark model {name!r}")
             self._built[name] = path
@@ -414,43 +426,37 @@ def autocast_dtype(precision: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # case 1: overhead
 # ---------------------------------------------------------------------------------------------
+def overhead_once(ws: Workspace, s: Settings, model: str, rows: list[dict[str, str]], steps: int, seed: int) -> tuple[Any, Record, list[float]]:
+    """One tunekit fit with a hand-written step on the same batch after each of its steps."""
+    from tunekit import Tuner
+    from tunekit.models.loading import load_tokenizer, resolve_source
+
+    probe = Tuner(model=ws.model(model), strategy="lora")  # nothing loads: for its choices only
+    pad_id = int(load_tokenizer(resolve_source(ws.model(model))).pad_token_id)
+    hand = PlainLoop(
+        load_lora_by_hand(ws, model, probe), lr=probe.strategy.default_learning_rate, total_steps=steps,
+        device=probe.precision.device, autocast=autocast_dtype(probe.precision),
+    )
+    hand_times: list[float] = []
+
+    def between(record: Record, i: int) -> None:
+        t = time.perf_counter()
+        hand.step(hand_collate(record.features[i], pad_id))
+        sync()
+        hand_times.append(time.perf_counter() - t)
+
+    tuner, _, rec = tunekit_fit(ws, model, rows, label=f"overhead-{model}", between=between, strategy="lora", training={"max_steps": steps, "seed": seed})
+    return tuner, rec, hand_times
+
+
 def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
     """Interleaved tunekit / hand-written steps on the same batches; per-repeat medians."""
-    from tunekit import Tuner
-
     steps = s.warmup + s.steps_for(model)
     rows = mixed_rows(BATCH * steps, seed=1)
     ratios, tk_all, hand_all, real_tokens, feats_all = [], [], [], [], []
     precision = ""
     for r in range(s.repeats):
-        probe = Tuner(model=ws.model(model), strategy="lora")
-        hand = PlainLoop(
-            load_lora_by_hand(ws, model, probe), lr=probe.strategy.default_learning_rate, total_steps=steps,
-            device=probe.precision.device, autocast=autocast_dtype(probe.precision),
-        )
-        hand_times: list[float] = []
-        pad_id: list[int] = []
-
-        def between(record: Record, i: int, hand: PlainLoop = hand, hand_times: list[float] = hand_times, pad_id: list[int] = pad_id) -> None:
-            t = time.perf_counter()
-            hand.step(hand_collate(record.features[i], pad_id[0]))
-            sync()
-            hand_times.append(time.perf_counter() - t)
-
-        import tunekit.models.loading as loading
-
-        original = loading.load_tokenizer
-
-        def load_tokenizer(*a: Any, **k: Any) -> Any:  # learn the pad id tunekit uses
-            tok = original(*a, **k)
-            pad_id[:] = [int(tok.pad_token_id)]
-            return tok
-
-        loading.load_tokenizer = load_tokenizer  # type: ignore[assignment]
-        try:
-            tuner, _, rec = tunekit_fit(ws, model, rows, label=f"overhead-{model}", between=between, strategy="lora", training={"max_steps": steps, "seed": 42 + r})
-        finally:
-            loading.load_tokenizer = original  # type: ignore[assignment]
+        tuner, rec, hand_times = overhead_once(ws, s, model, rows, steps, seed=42 + r)
         precision = tuner.precision.name
         tk, hd = rec.step_times[s.warmup :], hand_times[s.warmup :]
         ratios.append(statistics.median(tk) / statistics.median(hd))
@@ -458,7 +464,6 @@ def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
         hand_all += hd
         real_tokens += rec.real_tokens[s.warmup : len(rec.step_times)]
         feats_all += rec.features[s.warmup : len(rec.step_times)]
-        del hand
     return {"ratios": ratios, "tunekit_s": tk_all, "hand_s": hand_all, "real_tokens": real_tokens, "features": feats_all, "precision": precision, "steps": s.steps_for(model)}
 
 
@@ -556,7 +561,7 @@ def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
             res.skip(f"classic/{model}/tokens_per_s", "classic", model, "real tokens/s: tunekit defaults / classic recipe", "the classic recipe is measured on CPUs only")
             continue
         real = model == REAL
-        timed = 1 if real else 2
+        timed = 1 if real or s.smoke else 2
         repeats = 1 if real else max(1, min(s.repeats, 2))
         rows = mixed_rows(BATCH * (1 + timed), seed=2)
         eval_rows = mixed_rows(16, seed=3)
@@ -565,6 +570,8 @@ def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
             # tunekit on both sides of the classic run (alternating which comes first), so drifting
             # machine load shows up in both figures
             order = ["tunekit", "classic", "tunekit"] if r % 2 == 0 else ["classic", "tunekit"]
+            if s.smoke:
+                order = ["tunekit", "classic"]
             tk_run: list[float] = []
             cl_run = float("nan")
             for side in order:
@@ -616,112 +623,172 @@ LEVERS = {
     "int8_base": "plain base vs an 8-bit (bnb) base",
     "padding_free": "per-batch padding vs padding-free rows (one flattened sequence, block-diagonal attention)",
 }
+# measured in subprocesses by omp_lever, after the others: "omp_passive"
 
 
 def case_levers(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    for model in models:
+        levers_for(res, ws, s, model)
+
+
+def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
     import torch
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from tunekit import Tuner
 
-    for model in models:
-        real = model == REAL
-        timed = 2 if real else s.steps
-        warm = 1
-        lr = 2e-4
-        main = Tuner(model=ws.model(model), strategy="lora")
-        device = main.precision.device
-        base_autocast = autocast_dtype(main.precision)
-        tok = main.tokenizer
-        pad = int(tok.pad_token_id)
-        loops = {"main": PlainLoop(main.model, lr=lr, total_steps=100, device=device, autocast=base_autocast)}
-        gc = Tuner(model=ws.model(model), strategy="lora").model
-        gc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        loops["gc"] = PlainLoop(gc, lr=lr, total_steps=100, device=device, autocast=base_autocast)
-        variants = list(LEVERS)
-        if not torch.cuda.is_available():
-            loops["int8"] = PlainLoop(Tuner(model=ws.model(model), strategy="lora", quantizer="bnb-8bit").model, lr=lr, total_steps=100, device=device)
+    real = model == REAL
+    timed = 2 if real else s.steps
+    warm = 1
+    lr = 2e-4
+    main = Tuner(model=ws.model(model), strategy="lora")
+    device = main.precision.device
+    base_autocast = autocast_dtype(main.precision)
+    tok = main.tokenizer
+    pad = int(tok.pad_token_id)
+    loops = {"main": PlainLoop(main.model, lr=lr, total_steps=100, device=device, autocast=base_autocast)}
+    gc = Tuner(model=ws.model(model), strategy="lora").model
+    gc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loops["gc"] = PlainLoop(gc, lr=lr, total_steps=100, device=device, autocast=base_autocast)
+    variants = list(LEVERS)
+    if not torch.cuda.is_available():
+        loops["int8"] = PlainLoop(Tuner(model=ws.model(model), strategy="lora", quantizer="bnb-8bit").model, lr=lr, total_steps=100, device=device)
+    else:
+        variants.remove("int8_base")
+    if base_autocast is not None:
+        variants.remove("bf16")  # bf16 is already the choice on this device
+
+    # the timed rows: one epoch, grouped the way a large data set's mega-batches group them
+    feats = tokenized(mixed_rows(BATCH * timed, seed=4), tok)
+    warm_feats = tokenized(mixed_rows(BATCH * warm, seed=5), tok)
+    lengths = [len(f["input_ids"]) for f in feats]
+    grouped = get_length_grouped_indices(lengths, BATCH, mega_batch_mult=timed, generator=torch.Generator().manual_seed(0))
+    shuffled = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1)).tolist()
+
+    def batches(order: list[int]) -> list[list[dict[str, Any]]]:
+        return [[warm_feats[j] for j in range(i * BATCH, (i + 1) * BATCH)] for i in range(warm)] + [
+            [feats[j] for j in order[i * BATCH : (i + 1) * BATCH]] for i in range(timed)
+        ]
+
+    by_order = {"grouped": batches(grouped), "random": batches(shuffled)}
+
+    # padding-free is only a lever if rows really do not see each other: check the loss matches
+    check = by_order["grouped"][warm][:4]
+    main.model.eval()
+    with torch.no_grad():
+        padded = main.model(**{k: v.to(device) for k, v in hand_collate(check, pad).items()}).loss
+        flat = main.model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in flat_collate(check).items()}).loss
+    main.model.train()
+    flat_ok = abs(float(padded) - float(flat)) < 1e-3 * max(1.0, abs(float(padded)))
+    if not flat_ok:
+        variants.remove("padding_free")
+
+    def run(variant: str, batch: list[dict[str, Any]]) -> tuple[float, int]:
+        loop = {"checkpointing": loops["gc"], "int8_base": loops.get("int8")}.get(variant) or loops["main"]
+        if variant == "pad512":
+            b = hand_collate(batch, pad, pad_to=512)
+        elif variant == "padding_free":
+            b = flat_collate(batch)
         else:
-            variants.remove("int8_base")
-        if base_autocast is not None:
-            variants.remove("bf16")  # bf16 is already the choice on this device
+            b = hand_collate(batch, pad)
+        kwargs: dict[str, Any] = {}
+        if variant == "bf16":
+            kwargs["autocast"] = torch.bfloat16
+        if variant == "metrics":
+            kwargs["metrics"] = True
+        t = time.perf_counter()
+        loop.step(b, **kwargs)
+        sync()
+        return time.perf_counter() - t, sum(len(f["input_ids"]) for f in batch)
 
-        # the timed rows: one epoch, grouped the way a large data set's mega-batches group them
-        feats = tokenized(mixed_rows(BATCH * timed, seed=4), tok)
-        warm_feats = tokenized(mixed_rows(BATCH * warm, seed=5), tok)
-        lengths = [len(f["input_ids"]) for f in feats]
-        grouped = get_length_grouped_indices(lengths, BATCH, mega_batch_mult=timed, generator=torch.Generator().manual_seed(0))
-        shuffled = torch.randperm(len(feats), generator=torch.Generator().manual_seed(1)).tolist()
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    tokens: dict[str, list[int]] = {v: [] for v in variants}
+    for i in range(warm + timed):
+        for k in range(len(variants)):  # rotate who goes first, so no variant always follows another
+            v = variants[(i + k) % len(variants)]
+            dt_, n = run(v, by_order["random" if v == "random_order" else "grouped"][i])
+            if i >= warm:
+                times[v].append(dt_)
+                tokens[v].append(n)
+    tps = {v: sum(tokens[v]) / sum(times[v]) for v in variants}
 
-        def batches(order: list[int]) -> list[list[dict[str, Any]]]:
-            return [[warm_feats[j] for j in range(i * BATCH, (i + 1) * BATCH)] for i in range(warm)] + [
-                [feats[j] for j in order[i * BATCH : (i + 1) * BATCH]] for i in range(timed)
-            ]
+    def paired(v: str) -> list[float]:
+        """Per step: the variant's time per real token / the baseline's, in the same round."""
+        return [(t / n) / (tb / nb) for t, n, tb, nb in zip(times[v], tokens[v], times["baseline"], tokens["baseline"], strict=True)]
 
-        by_order = {"grouped": batches(grouped), "random": batches(shuffled)}
-
-        # padding-free is only a lever if rows really do not see each other: check the loss matches
-        check = by_order["grouped"][warm][:4]
-        main.model.eval()
-        with torch.no_grad():
-            padded = main.model(**{k: v.to(device) for k, v in hand_collate(check, pad).items()}).loss
-            flat = main.model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in flat_collate(check).items()}).loss
-        main.model.train()
-        flat_ok = abs(float(padded) - float(flat)) < 1e-3 * max(1.0, abs(float(padded)))
-        if not flat_ok:
-            variants.remove("padding_free")
-
-        def run(variant: str, batch: list[dict[str, Any]]) -> tuple[float, int]:
-            loop = {"checkpointing": loops["gc"], "int8_base": loops.get("int8")}.get(variant) or loops["main"]
-            if variant == "pad512":
-                b = hand_collate(batch, pad, pad_to=512)
-            elif variant == "padding_free":
-                b = flat_collate(batch)
-            else:
-                b = hand_collate(batch, pad)
-            kwargs: dict[str, Any] = {}
-            if variant == "bf16":
-                kwargs["autocast"] = torch.bfloat16
-            if variant == "metrics":
-                kwargs["metrics"] = True
-            t = time.perf_counter()
-            loop.step(b, **kwargs)
-            sync()
-            return time.perf_counter() - t, sum(len(f["input_ids"]) for f in batch)
-
-        times: dict[str, list[float]] = {v: [] for v in variants}
-        tokens: dict[str, list[int]] = {v: [] for v in variants}
-        for i in range(warm + timed):
-            for k in range(len(variants)):  # rotate who goes first, so no variant always follows another
-                v = variants[(i + k) % len(variants)]
-                dt_, n = run(v, by_order["random" if v == "random_order" else "grouped"][i])
-                if i >= warm:
-                    times[v].append(dt_)
-                    tokens[v].append(n)
-        tps = {v: sum(tokens[v]) / sum(times[v]) for v in variants}
-        base = tps["baseline"]
+    base = tps["baseline"]
+    res.add(Row(
+        f"levers/{model}/baseline", "levers", model, "baseline real tokens/s (plain loop on tunekit's model)",
+        base, unit="tokens/s", n=timed, detail=LEVERS["baseline"], data={"times": times["baseline"], "tokens": tokens["baseline"]},
+    ))
+    for v in LEVERS:
+        if v == "baseline":
+            continue
+        if v not in variants:
+            why = {
+                "padding_free": f"rows attended to each other (loss {float(padded):.4f} padded vs {float(flat):.4f} flattened)",
+                "bf16": "bf16 is this device's own precision",
+                "int8_base": "measured on CPUs only",
+            }[v]
+            res.skip(f"levers/{model}/{v}", "levers", model, LEVERS[v], why)
+            continue
+        value, spread, n = ratio_summary(paired(v))
         res.add(Row(
-            f"levers/{model}/baseline", "levers", model, "baseline real tokens/s (plain loop on tunekit's model)",
-            base, unit="tokens/s", n=timed, detail=LEVERS["baseline"], data={"times": times["baseline"], "tokens": tokens["baseline"]},
+            f"levers/{model}/{v}", "levers", model, LEVERS[v], value, spread=spread, n=n,
+            detail=f"time per real token, switched back / tunekit's choice (paired per step); {base:.0f} vs {tps[v]:.1f} real tokens/s",
+            data={"times": times[v], "tokens": tokens[v], "tokens_per_s": tps[v]},
         ))
-        for v in LEVERS:
-            if v == "baseline":
-                continue
-            if v not in variants:
-                why = {
-                    "padding_free": f"rows attended to each other (loss {float(padded):.4f} padded vs {float(flat):.4f} flattened)",
-                    "bf16": "bf16 is this device's own precision",
-                    "int8_base": "measured on CPUs only",
-                }[v]
-                res.skip(f"levers/{model}/{v}", "levers", model, LEVERS[v], why)
-                continue
-            ratio = base / tps[v]
-            res.add(Row(
-                f"levers/{model}/{v}", "levers", model, LEVERS[v], ratio, n=timed,
-                detail=f"{base:.0f} vs {tps[v]:.1f} real tokens/s (speed-up the lever buys)",
-                data={"times": times[v], "tokens": tokens[v], "tokens_per_s": tps[v]},
-            ))
-        del loops, main, gc
+    omp = "OMP_WAIT_POLICY=PASSIVE vs libgomp's spinning default (ACTIVE)"
+    if torch.cuda.is_available():
+        res.skip(f"levers/{model}/omp_passive", "levers", model, omp, "measured on CPUs only")
+    elif s.smoke:
+        res.skip(f"levers/{model}/omp_passive", "levers", model, omp, "not run in smoke mode (two fresh processes)")
+    else:
+        omp_lever(res, ws, model, omp, warm=1, timed=2 if real else s.steps, pairs=1 if real else max(1, min(s.repeats, 2)))
+
+
+def worker_steps(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process (so OpenMP settings apply): plain-loop steps on tunekit's LoRA model."""
+    import torch
+
+    from tunekit import Tuner
+
+    tuner = Tuner(model=spec["model"], strategy="lora")
+    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device=tuner.precision.device)
+    feats = tokenized(mixed_rows(BATCH * (spec["warm"] + spec["steps"]), seed=7), tuner.tokenizer)
+    pad = int(tuner.tokenizer.pad_token_id)
+    times, tokens = [], []
+    for i in range(spec["warm"] + spec["steps"]):
+        batch = feats[i * BATCH : (i + 1) * BATCH]
+        t = time.perf_counter()
+        loop.step(hand_collate(batch, pad))
+        if i >= spec["warm"]:
+            times.append(time.perf_counter() - t)
+            tokens.append(sum(len(f["input_ids"]) for f in batch))
+    return {"times": times, "tokens": tokens, "threads": torch.get_num_threads(), "policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def omp_lever(res: Results, ws: Workspace, model: str, measure: str, *, warm: int, timed: int, pairs: int) -> None:
+    """libgomp's default (ACTIVE, spinning) wait policy against PASSIVE, each in its own process,
+    alternating; same batches, same thread count."""
+    spec = {"model": ws.model(model), "warm": warm, "steps": timed}
+    active, passive, ratios = [], [], []
+    for p in range(pairs):
+        runs = {}
+        for policy in (("ACTIVE", "PASSIVE") if p % 2 == 0 else ("PASSIVE", "ACTIVE")):
+            runs[policy] = run_worker("steps", spec, {"OMP_WAIT_POLICY": policy})
+        a, b = statistics.median(runs["ACTIVE"]["times"]), statistics.median(runs["PASSIVE"]["times"])
+        active.append(a)
+        passive.append(b)
+        ratios.append(a / b)
+    value, spread, n = ratio_summary(ratios)
+    threads = runs["ACTIVE"]["threads"]
+    res.add(Row(
+        f"levers/{model}/omp_passive", "levers", model, measure, value, spread=spread, n=n,
+        detail=f"median step {statistics.median(active) * 1e3:.0f} ms ACTIVE vs {statistics.median(passive) * 1e3:.0f} ms PASSIVE, "
+        f"{threads} torch threads, fresh process each, alternating; tunekit does not set this itself yet",
+        data={"active_s": active, "passive_s": passive},
+    ))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,9 +806,15 @@ def _vm_field(name: str) -> int:
 
 def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: import, load, fit a few steps; report the peaks."""
+    import accelerate  # noqa: F401
+    import bitsandbytes  # noqa: F401
+    import datasets  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import peft  # noqa: F401
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers.trainer  # noqa: F401
 
+    import tunekit.training.loop  # noqa: F401
     from tunekit import Tuner
 
     rss_imports = _vm_field("VmRSS")
@@ -769,16 +842,26 @@ def run_worker(kind: str, spec: dict[str, Any], env: dict[str, str] | None = Non
 
 
 def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     for model in models:
-        steps = 3
+        steps = 1 if s.smoke else 3
         repeats = 1
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in MEMORY_RUNS}
-        for _ in range(repeats):
-            for key, (strategy, quantizer) in MEMORY_RUNS.items():
-                spec = {"model": ws.model(model), "strategy": strategy, "quantizer": quantizer, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))}
-                runs[key].append(run_worker("memory", spec))
+        specs = [
+            (key, {"model": ws.model(model), "strategy": st, "quantizer": q, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))})
+            for _ in range(repeats) for key, (st, q) in MEMORY_RUNS.items()
+        ]
+        if s.smoke:  # in this process, one after another: checks the code path, the peaks are not separate
+            for key, spec in specs:
+                runs[key].append(worker_memory(spec))
+        else:
+            # Peaks are per process, so the fits may run side by side (nothing here is timed).
+            with ThreadPoolExecutor(max_workers=2 if model == REAL else 4) as pool:
+                for key, out in zip([k for k, _ in specs], pool.map(lambda ks: run_worker("memory", ks[1]), specs), strict=True):
+                    runs[key].append(out)
 
-        def above_imports(key: str) -> float:
+        def above_imports(key: str, runs: dict[str, list[dict[str, Any]]] = runs) -> float:
             return statistics.median(r["train_peak"] - (0 if r["peak_kind"] == "cuda_max_allocated" else r["rss_imports"]) for r in runs[key])
 
         def mib(x: float) -> str:
@@ -1000,7 +1083,7 @@ def markdown(res: Results) -> str:
         "# tunekit benchmark",
         "",
         f"Command: `{m['command']}`  ",
-        f"Mode: {'quick (tiny models only)' if res.settings.quick else 'full (tiny models and ' + REAL + ')'}; "
+        f"Mode: {'smoke (smallest quick run; figures mean little)' if res.settings.smoke else 'quick (tiny models only)' if res.settings.quick else 'full (tiny models and ' + REAL + ')'}; "
         f"{res.settings.repeats} repeats; finished {m['finished']} after {m['duration_s'] / 60:.1f} min  ",
         f"Machine: {m['machine'].get('cpu', '?')}, {m['machine']['cpu_count']} CPUs, torch threads {m['machine']['torch_threads']}, "
         f"CUDA: {m['machine']['cuda'] or 'none'}; load average {m['load_average_start']} at start, {m['load_average_end']} at end  ",
@@ -1024,7 +1107,7 @@ def markdown(res: Results) -> str:
 
 def write(res: Results, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    res.meta["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    res.meta["finished"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     res.meta["duration_s"] = round(time.time() - res.started, 1)
     res.meta["load_average_end"] = _loadavg()
     payload = {
@@ -1066,12 +1149,14 @@ def check_real() -> tuple[bool, str]:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny models only (a few minutes)")
+    p.add_argument("--smoke", action="store_true", help="quick mode at its smallest (one run, two steps): checks that every case runs; its figures mean little")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where bench.json and bench.md go (default: benchmarks/results)")
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--repeats", type=int, default=None, help="runs per comparison (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per run on tiny models (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run on tiny models (default 16)")
     p.add_argument("--no-real", action="store_true", help="skip the real-model rows even in full mode")
-    p.add_argument("--worker", choices=["memory", "load"], help=argparse.SUPPRESS)
+    p.add_argument("--real-only", action="store_true", help="only the real-model rows (full mode)")
+    p.add_argument("--worker", choices=["memory", "load", "steps"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -1081,17 +1166,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.worker:
         spec = json.loads(args.spec)
-        out = {"memory": worker_memory, "load": worker_load}[args.worker](spec)
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        out = {"memory": worker_memory, "load": worker_load, "steps": worker_steps}[args.worker](spec)
         print(json.dumps(out), flush=True)
         return 0
     import datasets
 
     datasets.disable_progress_bars()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {CASES}")
-    s = Settings(quick=args.quick, repeats=args.repeats or 3, warmup=2, steps=args.steps or 8, real_steps=4, real=False)
+    if args.smoke:
+        args.quick = True
+    s = Settings(
+        quick=args.quick, smoke=args.smoke, repeats=args.repeats or (1 if args.smoke else 3), warmup=1 if args.smoke else 2,
+        steps=args.steps or (2 if args.smoke else 16), real_steps=4, real=False,
+    )
     if not args.quick and not args.no_real:
         s.real, s.real_note = check_real()
     elif args.quick:
@@ -1102,14 +1194,18 @@ def main(argv: list[str] | None = None) -> int:
     res.meta["command"] = "python benchmarks/bench.py " + " ".join(argv)
     res.meta["machine"] = machine()
     real = [REAL] if s.real else []
+
+    def tiny(name: str) -> list[str]:
+        return [] if args.real_only else [name]
+
     root = Path(tempfile.mkdtemp(prefix="tunekit-bench-"))
     ws = Workspace(root)
     plan: dict[str, Callable[[], None]] = {
-        "overhead": lambda: case_overhead(res, ws, s, ["tiny-gpt2", *real]),
-        "classic": lambda: case_classic(res, ws, s, ["tiny-gpt2", *real]),
-        "levers": lambda: case_levers(res, ws, s, ["tiny-gpt2", *real]),
-        "memory": lambda: case_memory(res, ws, s, ["tiny-llama-wide", *real]),
-        "scaling": lambda: case_scaling(res, ws, s, ["tiny", *real]),
+        "overhead": lambda: case_overhead(res, ws, s, [*tiny("tiny-gpt2"), *real]),
+        "classic": lambda: case_classic(res, ws, s, [*tiny("tiny-gpt2"), *real]),
+        "levers": lambda: case_levers(res, ws, s, [*tiny("tiny-gpt2"), *real]),
+        "memory": lambda: case_memory(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
+        "scaling": lambda: case_scaling(res, ws, s, [*tiny("tiny"), *real]),
         "load": lambda: case_load(res, ws, s) if s.real else res.skip(f"load/{REAL}", "load", REAL, "first GGUF load / cached load", s.real_note),
         "accelerator": lambda: case_accelerator(res, ws, s, real or ["tiny-gpt2"]),
     }
@@ -1118,11 +1214,13 @@ def main(argv: list[str] | None = None) -> int:
             if case not in cases:
                 continue
             print(f"[bench] --- {case} ---", flush=True)
+            started = time.perf_counter()
             try:
                 plan[case]()
             except Exception as exc:  # one broken case must not hide the others' figures
                 traceback.print_exc()
                 res.add(Row(f"{case}/error", case, "-", "case failed", status="error", detail=f"{type(exc).__name__}: {exc}"))
+            res.meta.setdefault("case_seconds", {})[case] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         write(res, args.out)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunekit import ConfigError, TunekitError, Tuner, compare
+from tunekit import ConfigError, DataError, TunekitError, Tuner, compare
 from tunekit.cli import main
 from tunekit.comparison import CompareReport, load_report
 from tunekit.comparison.budget import parse_budget, steps_for_tokens, tokens_per_row
@@ -267,6 +267,14 @@ def test_bad_arguments_fail_before_anything_runs(model_path, tmp_path, kwargs, m
     args = {"candidates": ["lora"], **kwargs}
     with pytest.raises(ConfigError, match=message):
         compare(str(model_path), train=sft_rows(4), output_dir=tmp_path / "r", progress=False, **args)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_data_fails_before_anything_runs(model_path, tmp_path):
+    with pytest.raises(DataError, match="fit no row format"):
+        compare(str(model_path), ["lora"], [{"question": "q", "answer": "a"}], output_dir=tmp_path / "r", progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        compare(str(model_path), ["lora"], str(tmp_path / "nope.jsonl"), output_dir=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
 
 

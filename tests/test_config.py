@@ -111,3 +111,11 @@ def test_precision_the_hardware_cannot_honour_is_an_error():
     with pytest.raises(HardwareError, match="needs a GPU"):
         Tuner(model="gpt2", training={"precision": "fp16"})
     assert Tuner(model="gpt2").precision.name == "fp32"
+
+
+def test_model_validate_reports_each_problem_once():
+    with pytest.raises(ConfigError) as info:
+        TuneConfig.model_validate({"model": "gpt2", "strategy": {"name": "lora", "rank": 0}, "training": {"seed": -1}})
+    assert [p.location for p in info.value.problems] == ["training.seed", "strategy.rank"]
+    with pytest.raises(UnknownPartError):
+        TuneConfig.model_validate({"model": "gpt2", "strategy": "lroa"})

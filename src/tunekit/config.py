@@ -219,6 +219,11 @@ class TuneConfig(BaseModel):
         try:
             cfg: TuneConfig | None = handler(data)
         except ValidationError as exc:
+            # model_validate() runs our __init__, whose own pass already validated the parts and
+            # raised a complete ConfigError: take its problems as they are.
+            nested = [e["ctx"]["error"] for e in exc.errors() if isinstance((e.get("ctx") or {}).get("error"), ConfigError)]
+            if nested:
+                raise _Problems(nested[0].problems) from None
             problems.extend(problems_from_validation(exc, cls))
             cfg = None
         if isinstance(data, Mapping) or cfg is not None:
@@ -377,7 +382,7 @@ def problems_from_validation(
     for err in exc.errors():
         ctx = err.get("ctx") or {}
         inner = ctx.get("error")
-        if isinstance(inner, _Problems):
+        if isinstance(inner, (_Problems, ConfigError)):
             problems.extend(inner.problems)
             continue
         loc_parts = [str(p) for p in err["loc"] if not str(p).startswith("function-")]

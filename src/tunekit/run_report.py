@@ -79,6 +79,7 @@ def _fmt(value: float | None) -> str:
 def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot: str | None, learning_rate: float | None = None) -> str:
     """The run's ``README.md``: base model, strategy, data, training settings and metrics."""
     lr = learning_rate if learning_rate is not None else config.training.learning_rate
+    rows_per_step = getattr(result, "effective_batch_size", 0) or config.training.batch_size * config.training.gradient_accumulation
     t = config.training
     options = ", ".join(f"{k}={v!r}" for k, v in config.strategy.options.items()) or "defaults"
     metrics = [("final train loss (last logged)", result.train_loss), ("mean train loss", result.mean_train_loss)]
@@ -98,7 +99,7 @@ def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot
         f"| objective | `{result.objective}` |",
         f"| data | {data.description}: {data.train_rows} training rows ({data.row_format}), {data.eval_rows} eval rows |",
         f"| trainable parameters | {result.trainable_params:,} of {result.total_params:,} ({result.trainable_percent:.2f}%) |",
-        f"| steps | {result.steps} (batch size {t.batch_size} x {t.gradient_accumulation} accumulation, "
+        f"| steps | {result.steps} x {rows_per_step} rows = {result.steps * rows_per_step:,} rows seen (batch size {t.batch_size} x {t.gradient_accumulation} accumulation, "
         f"learning rate {lr if lr is not None else 'the strategy default'}, {t.scheduler} schedule) |",
         f"| max length / seed | {t.max_length} tokens / {t.seed} |",
         f"| precision | {result.precision} |",

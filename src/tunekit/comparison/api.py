@@ -92,13 +92,17 @@ def compare(
     _register_in_parent(plugin_refs)
     shared_config = TuneConfig(**shared_fields)  # a mistake every candidate shares fails now
     out = _claim_directory(output_dir, overwrite)
-    staged = stage_data(
-        train if train is not None else shared_config.data.train,
-        eval if eval is not None else shared_config.data.eval,
-        shared_config.data,
-        seed=seed_list[0],
-        directory=out / "data",
-    )
+    try:
+        staged = stage_data(
+            train if train is not None else shared_config.data.train,
+            eval if eval is not None else shared_config.data.eval,
+            shared_config.data,
+            seed=seed_list[0],
+            directory=out / "data",
+        )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # bad data: leave no half-made report directory behind
+        raise
 
     report = CompareReport(
         tunekit_version=_version(),
@@ -263,8 +267,8 @@ def _parse_seeds(seeds: int | Sequence[int] | None, shared: Mapping[str, Any]) -
 
         default = TrainingOptions.model_fields["seed"].default
         return [int(training.get("seed", default)) if isinstance(training, Mapping) else default]
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = [seeds]
+    if isinstance(seeds, (int, str)) or not isinstance(seeds, Sequence):
+        seeds = [seeds]  # type: ignore[list-item]  # a bool or str is refused just below
     values = list(seeds)
     if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
         raise ConfigError([Problem("seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}")])

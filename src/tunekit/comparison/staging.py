@@ -48,6 +48,14 @@ def _write_jsonl(rows: Dataset, path: Path) -> int:
     return count
 
 
+def _check(rows: Dataset, options: DataOptions, where: str) -> int:
+    """Fail now, not once per candidate, when the rows fit no format; return how many there are."""
+    from tunekit.data.rows import normalise_rows
+
+    normalise_rows(rows, options.columns, where=where)
+    return len(rows)
+
+
 def stage_data(train: Any, eval: Any, options: DataOptions, *, seed: int, directory: Path) -> StagedData:
     """Write (or locate) the train and eval files for a comparison; see the module docstring."""
     from tunekit.data.pipeline import load_rows
@@ -62,8 +70,8 @@ def stage_data(train: Any, eval: Any, options: DataOptions, *, seed: int, direct
     passthrough = options.adapter is None and not needs_split
     if passthrough and _is_path(train) and (eval is None or _is_path(eval)):
         # Read once here too: a bad file fails now, not once per candidate, and the report can count rows.
-        n_train = len(load_rows(train, options, where="training").train)
-        n_eval = len(load_rows(eval, options, where="eval").train) if eval is not None else None
+        n_train = _check(load_rows(train, options, where="training").train, options, "training data")
+        n_eval = _check(load_rows(eval, options, where="eval").train, options, "eval data") if eval is not None else None
         return StagedData(
             str(Path(train).expanduser().resolve()),
             str(Path(eval).expanduser().resolve()) if eval is not None else None,
@@ -78,6 +86,9 @@ def stage_data(train: Any, eval: Any, options: DataOptions, *, seed: int, direct
             raise DataError("data.eval_fraction needs at least 2 training rows to split.")
         split = train_rows.train_test_split(test_size=options.eval_fraction, seed=seed)
         train_rows, eval_rows = split["train"], split["test"]
+    _check(train_rows, options, "training data")
+    if eval_rows is not None:
+        _check(eval_rows, options, "eval data")
     train_path, eval_path = directory / "train.jsonl", directory / "eval.jsonl"
     n_train = _write_jsonl(train_rows, train_path)
     n_eval = _write_jsonl(eval_rows, eval_path) if eval_rows is not None else None
