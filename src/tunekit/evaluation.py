@@ -267,7 +267,7 @@ def generate_answers(
                     eos_token_id=eos or None,
                 )
                 for row, i in enumerate(batch):
-                    answers[i] = tokenizer.decode(out[row, longest:], skip_special_tokens=True)
+                    answers[i] = str(tokenizer.decode(out[row, longest:], skip_special_tokens=True))
                 if bar is not None:
                     bar.update(len(batch))
     finally:
@@ -297,6 +297,7 @@ def evaluate(
     metrics: Sequence[ChosenMetric],
     *,
     batch_size: int = 8,
+    generation_batch_size: int | None = None,
     max_new_tokens: int | None = None,
     progress: bool = False,
 ) -> EvalResult:
@@ -304,7 +305,8 @@ def evaluate(
 
     ``rows`` are the canonical rows (``prompt_completion``/``chat``/``text``) and
     ``tokenized`` the same rows after the objective. Generation runs only when a metric
-    needs it; ``max_new_tokens`` defaults to :func:`answer_budget`.
+    needs it, in batches of ``generation_batch_size`` (default ``batch_size``);
+    ``max_new_tokens`` defaults to :func:`answer_budget`.
     """
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
     base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size)
@@ -314,7 +316,7 @@ def evaluate(
         prompts, references = prompts_and_references(rows, row_format)
         budget = max_new_tokens if max_new_tokens is not None else answer_budget(tokenizer, references)
         predictions = generate_answers(
-            model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=budget, progress=progress
+            model, tokenizer, prompts, batch_size=generation_batch_size or batch_size, max_new_tokens=budget, progress=progress
         )
         generations = [
             Generation(prompt=p, reference=r, prediction=a) for p, r, a in zip(prompts, references, predictions, strict=True)

@@ -82,7 +82,10 @@ def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot
     rows_per_step = getattr(result, "effective_batch_size", 0) or config.training.batch_size * config.training.gradient_accumulation
     t = config.training
     options = ", ".join(f"{k}={v!r}" for k, v in config.strategy.options.items()) or "defaults"
-    metrics = [("final train loss (last logged)", result.train_loss), ("mean train loss", result.mean_train_loss)]
+    metrics: list[tuple[str, float | None]] = [
+        ("final train loss (last logged)", result.train_loss),
+        ("mean train loss", result.mean_train_loss),
+    ]
     if result.eval_loss is not None:
         metrics += [("eval loss", result.eval_loss), ("eval perplexity", result.eval_perplexity)]
     metrics += [(f"eval {k}", v) for k, v in result.eval_metrics.items() if k not in {"loss", "perplexity"}]

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SAVE_META = "tunekit.json"
 SAVE_CONFIG = "tunekit.yaml"
 RUN_RESULT = "result.json"
+GENERATION_BATCH_FACTOR = 4
+"""Evaluation generates in batches this many times ``training.batch_size`` unless told otherwise."""
 
 
 def _build_part(kind: str, spec: PartSpec, location: str) -> Any:
@@ -315,9 +317,10 @@ class Tuner:
         ``metrics`` are names of registered metrics, or mappings with options:
         ``["exact_match", {"name": "accuracy", "case_fold": True}]``; by default ``loss`` and
         ``perplexity``. Generation metrics (``exact_match``, ``accuracy``, ``f1``) answer each
-        sft row greedily, in batches of ``batch_size`` (default ``training.batch_size``), with
-        at most ``max_new_tokens`` (default: the longest reference + 8). Every row of ``data``
-        is evaluated (``data.eval_fraction`` does not apply).
+        sft row greedily, with at most ``max_new_tokens`` (default: the longest reference + 8).
+        ``batch_size`` defaults to ``training.batch_size`` for the loss and to 4 times that for
+        generation (which keeps no activations for a backward pass, so it fits where training
+        did). Every row of ``data`` is evaluated (``data.eval_fraction`` does not apply).
         """
         from tunekit.data.pipeline import prepare_rows
         from tunekit.evaluation import build_metrics
@@ -341,6 +344,7 @@ class Tuner:
             tokenized,
             chosen,
             batch_size=batch_size or self.config.training.batch_size,
+            generation_batch_size=batch_size or GENERATION_BATCH_FACTOR * self.config.training.batch_size,
             max_new_tokens=max_new_tokens,
             progress=self.config.training.progress_bar,
         )
