@@ -22,12 +22,14 @@ EXPECTED_ROWS = [
     *(
         f"levers/tiny-gpt2/{lever}"
         for lever in (
-            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "omp_passive",
+            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "lora_dropout",
+            "omp_passive",
         )
     ),
     "memory/tiny-llama/bnb-4bit",
     "memory/tiny-llama/bnb-8bit",
     "memory/tiny-llama/full",
+    "memory/tiny-llama/lora-dropout",
     *(f"scaling/tiny-llama/L{length}xB1" for length in (128, 256, 512, 1024)),
     *(f"scaling/tiny-llama/L128xB{batch}" for batch in (2, 4, 8)),
     *(f"scaling/tiny-llama/L{length}xB8" for length in (256, 512, 1024)),

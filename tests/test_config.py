@@ -9,7 +9,7 @@ def test_part_by_name_or_mapping_round_trips():
     cfg = TuneConfig(model="gpt2", strategy={"name": "lora", "rank": 16, "target_modules": "mlp"})
     assert cfg.strategy.name == "lora"
     assert cfg.strategy.options["rank"] == 16
-    assert cfg.strategy.options["dropout"] == 0.05  # defaults filled in
+    assert cfg.strategy.options["dropout"] == 0.0  # defaults filled in
     dumped = cfg.model_dump()
     assert dumped["strategy"]["rank"] == 16 and dumped["strategy"]["name"] == "lora"
     assert TuneConfig.model_validate(dumped) == cfg

@@ -18,7 +18,16 @@ class LoraOptions(PartOptions):
     alpha: float | None = Field(
         default=None, gt=0, description="Scaling numerator lora_alpha; None uses 2 x rank."
     )
-    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    dropout: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "Dropout on the adapter input. 0 (the default) skips the dropped copy of every adapted layer's input "
+            "that dropout keeps for the backward pass: about a quarter less peak memory and ~10% faster in "
+            "docs/performance.md. Try 0.05-0.1 to regularise a small data set."
+        ),
+    )
     target_modules: str | list[str] = Field(
         default="all-linear",
         description="Layers to adapt: a group ('all-linear', 'attention', 'mlp') or a list of "
