@@ -395,23 +395,30 @@ def flat_collate(features: list[dict[str, Any]]) -> dict[str, Any]:
 class PlainLoop:
     """forward, backward, clip, AdamW step, linear schedule: what one writes by hand."""
 
-    def __init__(self, model: Any, *, lr: float, total_steps: int, device: str, autocast: Any = None):
+    def __init__(self, model: Any, *, lr: float, total_steps: int, device: str, autocast: Any = None, trained_logits: bool = False):
         import torch
 
-        self.model, self.device, self.autocast = model, device, autocast
+        self.model, self.device, self.autocast, self.trained_logits = model, device, autocast, trained_logits
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1.0 - s / max(1, total_steps)))
         model.train()
 
-    def step(self, batch: dict[str, Any], *, autocast: Any = "default", metrics: bool = False) -> float:
+    def step(self, batch: dict[str, Any], *, autocast: Any = "default", metrics: bool = False, trained_logits: bool | None = None) -> float:
+        """One step. ``trained_logits``: the loss tunekit's Trainer uses (head only on trained positions)."""
         import torch
 
+        from tunekit.training.loss import trained_logits_loss
+
         dtype = self.autocast if autocast == "default" else autocast
+        trained_logits = self.trained_logits if trained_logits is None else trained_logits
         batch = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
         with torch.autocast(self.device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = self.model(**batch)
-        loss = out.loss
+            if trained_logits and not metrics:
+                loss = trained_logits_loss(self.model, batch)
+            else:
+                out = self.model(**batch)
+                loss = out.loss
         if metrics:  # what trl's SFTTrainer computes every step: entropy and token accuracy over the vocabulary
             logits = out.logits[:, :-1].float()
             labels = batch["labels"][:, 1:]
@@ -647,12 +654,13 @@ def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
 # levers: one of tunekit's choices switched back at a time
 # ---------------------------------------------------------------------------------------------
 LEVERS = {
-    "baseline": "tunekit's choices: fp32 on this CPU, per-batch padding, length-grouped batches, no checkpointing, no per-step metrics, LoRA dropout 0",
+    "baseline": "tunekit's choices: fp32 on this CPU, per-batch padding, length-grouped batches, no checkpointing, no per-step metrics, LoRA dropout 0, LM head on trained positions only",
     "bf16": "precision from the hardware (fp32 here) vs bf16 autocast",
     "pad512": "per-batch padding vs every row padded to 512",
     "random_order": "length-grouped batches vs random batches (both padded per batch)",
     "checkpointing": "no gradient checkpointing vs checkpointing",
-    "metrics": "no per-step work vs entropy + token accuracy over the vocabulary every step (trl's default)",
+    "metrics": "no per-step work vs entropy + token accuracy over the vocabulary every step (trl's default; needs every position's logits)",
+    "all_logits": "LM head on the trained positions only vs on every position (transformers' own loss)",
     "int8_base": "plain base vs an 8-bit (bnb) base",
     "padding_free": "per-batch padding vs padding-free rows (one flattened sequence, block-diagonal attention)",
     "lora_dropout": "LoRA dropout 0 (tunekit's default) vs 0.05 (a common recipe's)",
@@ -680,15 +688,16 @@ def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
     base_autocast = autocast_dtype(main.precision)
     tok = main.tokenizer
     pad = int(tok.pad_token_id)
-    loops = {"main": PlainLoop(main.model, lr=lr, total_steps=100, device=device, autocast=base_autocast)}
+    mine = {"lr": lr, "total_steps": 100, "device": device, "trained_logits": True}  # tunekit's loss
+    loops = {"main": PlainLoop(main.model, autocast=base_autocast, **mine)}
     gc = Tuner(model=ws.model(model), strategy="lora").model
     gc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loops["gc"] = PlainLoop(gc, lr=lr, total_steps=100, device=device, autocast=base_autocast)
+    loops["gc"] = PlainLoop(gc, autocast=base_autocast, **mine)
     dropout = Tuner(model=ws.model(model), strategy={"name": "lora", "dropout": 0.05}).model
-    loops["dropout"] = PlainLoop(dropout, lr=lr, total_steps=100, device=device, autocast=base_autocast)
+    loops["dropout"] = PlainLoop(dropout, autocast=base_autocast, **mine)
     variants = list(LEVERS)
     if not torch.cuda.is_available():
-        loops["int8"] = PlainLoop(Tuner(model=ws.model(model), strategy="lora", quantizer="bnb-8bit").model, lr=lr, total_steps=100, device=device)
+        loops["int8"] = PlainLoop(Tuner(model=ws.model(model), strategy="lora", quantizer="bnb-8bit").model, **mine)
     else:
         variants.remove("int8_base")
     if base_autocast is not None:
@@ -732,6 +741,8 @@ def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
             kwargs["autocast"] = torch.bfloat16
         if variant == "metrics":
             kwargs["metrics"] = True
+        if variant == "all_logits":
+            kwargs["trained_logits"] = False
         t = time.perf_counter()
         loop.step(b, **kwargs)
         sync()
@@ -790,7 +801,7 @@ def worker_steps(spec: dict[str, Any]) -> dict[str, Any]:
     from tunekit import Tuner
 
     tuner = Tuner(model=spec["model"], strategy="lora")
-    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device=tuner.precision.device)
+    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device=tuner.precision.device, trained_logits=True)
     feats = tokenized(mixed_rows(BATCH * (spec["warm"] + spec["steps"]), seed=7), tuner.tokenizer)
     pad = int(tuner.tokenizer.pad_token_id)
     times, tokens = [], []
@@ -835,12 +846,13 @@ def omp_lever(res: Results, ws: Workspace, model: str, measure: str, *, warm: in
 # allocation of 64 KiB or more by mmap returns it to the system when freed: RSS then tracks live
 # memory. Same setting for every run of the memory case.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-MEMORY_RUNS: dict[str, tuple[Any, str]] = {
-    "lora-none": ("lora", "none"),
-    "lora-bnb-8bit": ("lora", "bnb-8bit"),
-    "lora-bnb-4bit": ("lora", "bnb-4bit"),
-    "full-none": ("full", "none"),
-    "lora-none-dropout": ({"name": "lora", "dropout": 0.05}, "none"),
+MEMORY_RUNS: dict[str, tuple[Any, str, dict[str, Any]]] = {  # strategy, quantizer, training options
+    "lora-none": ("lora", "none", {}),
+    "lora-bnb-8bit": ("lora", "bnb-8bit", {}),
+    "lora-bnb-4bit": ("lora", "bnb-4bit", {}),
+    "full-none": ("full", "none", {}),
+    "lora-none-dropout": ({"name": "lora", "dropout": 0.05}, "none", {}),
+    "lora-none-all-logits": ("lora", "none", {"trained_logits_only": False}),
 }
 
 
@@ -890,7 +902,7 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     rss_imports = _vm_field("VmRSS")
     tuner = Tuner(
         model=spec["model"], strategy=spec["strategy"], quantizer=spec["quantizer"], output_dir=spec["output_dir"],
-        training={"max_steps": spec["steps"], "progress_bar": False},
+        training={"max_steps": spec["steps"], "progress_bar": False, **spec["training"]},
     )
     unmap_weights(tuner.model)
     rss_loaded = _vm_field("VmRSS")
@@ -923,8 +935,8 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
         repeats = 1
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in MEMORY_RUNS}
         specs = [
-            (key, {"model": ws.model(model), "strategy": st, "quantizer": q, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))})
-            for _ in range(repeats) for key, (st, q) in MEMORY_RUNS.items()
+            (key, {"model": ws.model(model), "strategy": st, "quantizer": q, "training": tr, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))})
+            for _ in range(repeats) for key, (st, q, tr) in MEMORY_RUNS.items()
         ]
         if s.smoke:  # in this process, one after another: checks the code path, the peaks are not separate
             for key, spec in specs:
@@ -951,6 +963,7 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
             ("bnb-8bit", "lora-bnb-8bit", "lora-none", "peak memory: LoRA on bnb-8bit / LoRA on none", "< 1.0"),
             ("full", "full-none", "lora-none", "peak memory: full fine-tuning / LoRA", ""),
             ("lora-dropout", "lora-none-dropout", "lora-none", "peak memory: LoRA dropout 0.05 / tunekit's default 0", ""),
+            ("all-logits", "lora-none-all-logits", "lora-none", "peak memory: LM head on every position / on trained positions only (tunekit)", ""),
         ]
         for name, num, den, measure, target in pairs:
             a, b = above_imports(num), above_imports(den)

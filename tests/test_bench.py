@@ -22,7 +22,7 @@ EXPECTED_ROWS = [
     *(
         f"levers/tiny-gpt2/{lever}"
         for lever in (
-            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "lora_dropout",
+            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "lora_dropout", "all_logits",
             "omp_passive",
         )
     ),
@@ -30,6 +30,7 @@ EXPECTED_ROWS = [
     "memory/tiny-llama/bnb-8bit",
     "memory/tiny-llama/full",
     "memory/tiny-llama/lora-dropout",
+    "memory/tiny-llama/all-logits",
     *(f"scaling/tiny-llama/L{length}xB1" for length in (128, 256, 512, 1024)),
     *(f"scaling/tiny-llama/L128xB{batch}" for batch in (2, 4, 8)),
     *(f"scaling/tiny-llama/L{length}xB8" for length in (256, 512, 1024)),

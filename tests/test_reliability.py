@@ -85,10 +85,11 @@ def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(tiny_gpt2, tmp
     model = tuner.model
     step = {"n": 0}
 
-    def poison(module, args, output):
-        step["n"] += 1
-        if step["n"] >= 3 and output.loss is not None:
-            output.loss = output.loss * float("nan")
+    def poison(module, args, output):  # from the third training step on, the logits (and so the loss) are NaN
+        if module.training:
+            step["n"] += 1
+            if step["n"] >= 3:
+                output.logits = output.logits * float("nan")
         return output
 
     model.register_forward_hook(poison)

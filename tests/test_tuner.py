@@ -108,3 +108,21 @@ def test_cli_fit_from_yaml(tiny_gpt2, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "fit", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "strategy.rank: must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_same_rows_are_tokenized_once(tiny_gpt2, tmp_path, monkeypatch):
+    from tunekit.builtin.objectives import SFTObjective
+
+    seen = []
+    real = SFTObjective.tokenize
+    monkeypatch.setattr(SFTObjective, "tokenize", lambda self, rows, *a, **k: seen.append(len(rows)) or real(self, rows, *a, **k))
+    tuner = Tuner(model=str(tiny_gpt2), strategy="lora", output_dir=str(tmp_path / "run"), training=quick(max_steps=2))
+    train, held_out = sft_rows(24, seed=1), sft_rows(6, seed=2)
+    tuner.evaluate(held_out)
+    tuner.fit(train, held_out)
+    tuner.evaluate(held_out)
+    tuner.evaluate([dict(r) for r in held_out])  # equal rows given anew: the same content, the same key
+    assert seen == [6, 24]
+    tuner.config.training.max_length = 32  # a setting that changes the tokens: tokenized again
+    tuner.evaluate(held_out)
+    assert seen == [6, 24, 6]

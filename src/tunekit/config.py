@@ -166,6 +166,12 @@ class TrainingOptions(BaseModel):
         default=True,
         description="Batch rows of similar length together so little compute goes to padding.",
     )
+    trained_logits_only: bool = Field(
+        default=True,
+        description="Project onto the vocabulary only the positions whose next token is trained "
+        "(not the masked prompt, not the padding): the same loss and gradients with less memory and "
+        "time. Models whose forward cannot skip positions keep their own loss.",
+    )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
 
 

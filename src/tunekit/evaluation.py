@@ -24,6 +24,7 @@ from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
 from tunekit.errors import ConfigError, DataError, Problem
 from tunekit.parts import PartOptions
 from tunekit.results import EvalResult, Generation
+from tunekit.training.loss import supports_trained_logits, trained_logits_loss
 
 if TYPE_CHECKING:
     import torch
@@ -148,21 +149,25 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    trained_only = supports_trained_logits(model)  # the head only where a token is scored (training/loss.py)
     total_loss, total_tokens = 0.0, 0
     try:
         with torch.no_grad():
             for start in range(0, len(indices), batch_size):
                 batch = collate([rows[i] for i in indices[start : start + batch_size]])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                shift_logits = logits[:, :-1, :].float()
                 shift_labels = batch["labels"][:, 1:]
-                loss = torch.nn.functional.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.size(-1)),
-                    shift_labels.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
+                if trained_only:
+                    loss = trained_logits_loss(model, batch, num_items_in_batch=1)  # divided by 1: the sum
+                else:
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    shift_logits = logits[:, :-1, :].float()
+                    loss = torch.nn.functional.cross_entropy(
+                        shift_logits.reshape(-1, shift_logits.size(-1)),
+                        shift_labels.reshape(-1),
+                        ignore_index=IGNORE_INDEX,
+                        reduction="sum",
+                    )
                 total_loss += float(loss)
                 total_tokens += int((shift_labels != IGNORE_INDEX).sum())
     finally:

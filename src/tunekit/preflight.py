@@ -164,7 +164,7 @@ def marked_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list
         is_trained = label is not None and label != IGNORE_INDEX
         if tok is None or is_trained != trained_run:
             if run:
-                text = tokenizer.decode(run, skip_special_tokens=False)
+                text = str(tokenizer.decode(run, skip_special_tokens=False))
                 parts.append(f"{MARK_OPEN}{text}{MARK_CLOSE}" if trained_run else text)
             run, trained_run = [], is_trained
         if tok is not None:
@@ -215,7 +215,8 @@ def params_by_block(model: torch.nn.Module) -> tuple[list[ParamGroup], list[Find
 
     blocks_name, _ = decoder_blocks(model)
     heads = output_head_names(model)
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    get_embed = getattr(model, "get_input_embeddings", None)
+    embed = get_embed() if callable(get_embed) else None
     embed_names = {n for n, m in model.named_modules() if m is embed and embed is not None}
     groups: dict[str, list[int]] = {}
     seen: dict[int, str] = {}
@@ -253,16 +254,27 @@ def params_by_block(model: torch.nn.Module) -> tuple[list[ParamGroup], list[Find
 
 
 def estimate_step(
-    model: torch.nn.Module, tokenized: Dataset, *, pad_token_id: int, batch_size: int, accumulation: int, device: str, repeats: int = 2
+    model: torch.nn.Module,
+    tokenized: Dataset,
+    *,
+    pad_token_id: int,
+    batch_size: int,
+    accumulation: int,
+    device: str,
+    repeats: int = 2,
+    trained_logits: bool = False,
 ) -> Estimate:
     """Measure forward+backward on the longest real batch and add what the optimizer will hold.
 
     Nothing is updated: gradients are computed and dropped. Peak memory = the measured peak of
     forward+backward (which already holds the gradients) + AdamW's two fp32 moments per
     trainable parameter; time per step = measured forward+backward x accumulation.
+    ``trained_logits``: the loss is computed as fit computes it then
+    (:func:`tunekit.training.loss.trained_logits_loss`).
     """
     import torch
 
+    from tunekit.training.loss import trained_logits_loss
     from tunekit.training.memory import PeakMemory
 
     order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i]["input_ids"]))[:batch_size]
@@ -277,7 +289,7 @@ def estimate_step(
         with PeakMemory(device) as peak:
             for _ in range(repeats):
                 start = time.perf_counter()
-                loss = model(**batch).loss
+                loss = trained_logits_loss(model, batch) if trained_logits else model(**batch).loss
                 loss.backward()
                 if device == "cuda":
                     torch.cuda.synchronize()

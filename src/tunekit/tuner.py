@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunekit.config import PartSpec, TuneConfig
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
@@ -70,6 +70,7 @@ class Tuner:
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._merged = False
         self.last_result: FitResult | None = None
+        self._tokenized_cache: dict[tuple[Any, ...], Any] = {}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -184,10 +185,27 @@ class Tuner:
 
     def _tokenize(self, rows: PreparedRows) -> tuple[str, Any, Any]:
         name, objective = self._objective(rows.format)
-        max_length = self.config.training.max_length
-        train = objective.tokenize(rows.train, self.tokenizer, max_length=max_length)
-        evals = objective.tokenize(rows.eval, self.tokenizer, max_length=max_length) if rows.eval is not None else None
+        train = self._tokenized(name, objective, rows.format, rows.train)
+        evals = self._tokenized(name, objective, rows.format, rows.eval) if rows.eval is not None else None
         return name, train, evals
+
+    def _tokenized(self, name: str, objective: Any, row_format: str, rows: Any) -> Any:
+        """``objective.tokenize(rows)``, once per Tuner for the same rows and settings.
+
+        fit, evaluate and preflight on the same data would each tokenize it again; the key is the
+        rows' content fingerprint (datasets hashes in-memory rows too), the objective and its
+        options, max_length and the tokenizer's vocabulary and chat template. The four most
+        recent results are kept.
+        """
+        spec = self.config.objective
+        options = json.dumps(spec.options if spec else {}, sort_keys=True, default=str)
+        tok = self.tokenizer
+        key = (name, options, row_format, self.config.training.max_length, rows._fingerprint, len(tok), tok.chat_template, tok.eos_token_id, tok.pad_token_id)
+        if key not in self._tokenized_cache:
+            while len(self._tokenized_cache) >= 4:
+                del self._tokenized_cache[next(iter(self._tokenized_cache))]
+            self._tokenized_cache[key] = objective.tokenize(rows, tok, max_length=self.config.training.max_length)
+        return self._tokenized_cache[key]
 
     # -- the verbs ------------------------------------------------------------------------------
     def fit(
@@ -422,7 +440,7 @@ class Tuner:
         report.findings += pf.label_findings(name, full, self.tokenizer)
         report.findings += pf.template_findings(self.tokenizer, rows.format)
         if stats.rows_without_trained_tokens:
-            severity = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
+            severity: Literal["error", "warning"] = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
             report.findings.append(pf.Finding(severity=severity, code="rows-without-trained-tokens", message=(
                 f"{stats.rows_without_trained_tokens} of {stats.rows} rows have no trained token inside "
                 f"max_length={max_length}; raise training.max_length or shorten the prompts.")))
@@ -435,11 +453,14 @@ class Tuner:
             tied = [f.model_copy(update={"severity": "info"}) for f in tied]
         report.findings += tied
         if estimate and not report.errors:
-            tokenized = objective.tokenize(train, self.tokenizer, max_length=max_length)
+            from tunekit.training.loss import supports_trained_logits
+
+            tokenized = self._tokenized(name, objective, rows.format, train)
             t = self.config.training
             report.estimate = pf.estimate_step(
                 self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,
                 accumulation=t.gradient_accumulation, device=self.precision.device,
+                trained_logits=t.trained_logits_only and supports_trained_logits(self.model),
             )
         return report
 

@@ -98,7 +98,7 @@ def check_dataset_adapter(adapter: str | dict[str, Any], source: Any) -> Any:
     instance = reg.cls(reg.options_model.model_validate({k: v for k, v in (adapter if isinstance(adapter, dict) else {}).items() if k != "name"}))
     if not instance.can_load(source):
         raise ContractViolation(f"adapter {name!r} says it cannot load {type(source).__name__} it was given")
-    prepared = prepare_rows(source, None, DataOptions(adapter=adapter), seed=0)
+    prepared = prepare_rows(source, None, DataOptions.model_validate({"adapter": adapter}), seed=0)
     if len(prepared.train) == 0:
         raise ContractViolation(f"adapter {name!r} yielded no rows")
     if prepared.format not in {"text", "prompt_completion", "chat"}:

@@ -5,6 +5,8 @@
    the stock Trainer silently replaces it by an average (``logging_nan_inf_filter``) and
    trains on.
 3. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and stops cleanly.
+4. The training loss projects only the trained positions onto the vocabulary
+   (see :mod:`tunekit.training.loss`); the stock loss computes every position's logits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from transformers import Trainer, TrainerCallback
 
 from tunekit.errors import TunekitError
 from tunekit.training.checkpoints import STAGING, newest_checkpoint, publish, rotate
+from tunekit.training.loss import trained_logits_loss
 
 
 class NonFiniteLossError(TunekitError, FloatingPointError):
@@ -66,11 +69,27 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
     """``transformers.Trainer`` with staged checkpoints and a hard stop on a non-finite loss."""
 
     keep_checkpoints: int | None = None
+    trained_logits_only: bool = False
+    """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
+
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = trained_logits_loss(model, inputs, num_items_in_batch)
+        # Scaled as Trainer.compute_loss scales a model's own loss: divided by the items of the whole
+        # accumulated batch when the Trainer counted them (it does for models that take loss
+        # kwargs, and then does not divide by the accumulation steps again), and multiplied back by
+        # the processes whose token counts were summed into it.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
-            last = newest_checkpoint(self.args.output_dir)
+            last = newest_checkpoint(str(self.args.output_dir))
             where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()} at step {self.state.global_step + 1}; "
@@ -79,7 +98,7 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         return loss
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        real = self.args.output_dir
+        real = str(self.args.output_dir)
         staging = os.path.join(real, STAGING)
         name = f"checkpoint-{self.state.global_step}"
         self.args.output_dir = staging
