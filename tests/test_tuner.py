@@ -94,15 +94,19 @@ def test_load_refuses_a_plain_directory(tiny_gpt2):
 def test_cli_fit_from_yaml(tiny_gpt2, tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in sft_rows(8)))
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in sft_rows(3, seed=9)))
     config = tmp_path / "run.yaml"
     config.write_text(
         f"model: {tiny_gpt2}\nstrategy: {{name: lora, rank: 4}}\noutput_dir: {tmp_path / 'out'}\n"
-        "data:\n  train: train.jsonl\ntraining:\n  max_steps: 2\n  progress_bar: false\n"
+        "data:\n  train: train.jsonl\n  eval: eval.jsonl\ntraining:\n  max_steps: 2\n  progress_bar: false\n"
+        "metrics: [loss, {name: exact_match, case_fold: true}]\n"
     )
     proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "fit", str(config)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "trainable params" in proc.stdout
     assert (tmp_path / "out" / "model" / "adapter_model.safetensors").is_file()
+    measured = json.loads((tmp_path / "out" / "result.json").read_text())["eval_metrics"]
+    assert set(measured) == {"loss", "exact_match"}  # the config's metrics, not the default loss + perplexity
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: {tiny_gpt2}\nstrategy: {{name: lora, rank: 0}}\n")
     proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "fit", str(bad)], capture_output=True, text=True)

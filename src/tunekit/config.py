@@ -205,6 +205,12 @@ class TuneConfig(BaseModel):
         "None picks 'sft' for prompt/completion or chat rows and 'causal-lm' for raw text.",
     )
     data: DataOptions = Field(default_factory=DataOptions, description="How data is read.")
+    metrics: list[PartSpec] | None = Field(
+        default=None,
+        description="What fit measures on the eval rows at the end, as names or mappings with "
+        "options, e.g. ['loss', 'exact_match'] or [{name: exact_match, case_fold: true}]; "
+        "None: loss and perplexity. fit(metrics=...) overrides it.",
+    )
     training: TrainingOptions = Field(
         default_factory=TrainingOptions, description="Optimisation options."
     )
@@ -344,6 +350,16 @@ def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
             filled = PartSpec(name=spec.name, options=options.model_dump(mode="python"))
             owner, attr = (source.data, "adapter") if location == "data.adapter" else (source, location)
             object.__setattr__(owner, attr, filled)
+    metric_specs = source.metrics if isinstance(source, TuneConfig) else (source.get("metrics") if isinstance(source, Mapping) else None)
+    # Names and mappings are checked against the metric registry; anything else is reported by
+    # pydantic's own pass.
+    if isinstance(metric_specs, list) and all(isinstance(m, (str, Mapping, PartSpec)) for m in metric_specs):
+        from tunekit.evaluation import build_metrics
+
+        try:
+            build_metrics(metric_specs)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     if "strategy" in instances and "quantizer" in instances:
         why = instances["strategy"].check_quantizer(instances["quantizer"])
         if why:

@@ -103,7 +103,7 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any]] | str | None) -> list
     chosen: list[ChosenMetric] = []
     problems: list[Problem] = []
     for i, spec in enumerate(specs):
-        where = f"metrics[{i}]"
+        where = f"metrics.{i}"
         try:
             part = PartSpec.model_validate(spec)
         except ValidationError as exc:
@@ -116,7 +116,7 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any]] | str | None) -> list
         try:
             options = reg.options_model.model_validate(part.options)
         except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, reg.options_model, prefix=f"metrics.{part.name}"))
+            problems.extend(problems_from_validation(exc, reg.options_model, prefix=where))
             continue
         if any(c.name == part.name for c in chosen):
             problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))

@@ -228,7 +228,7 @@ class Tuner:
         be saved as used) stop ``fit`` unless ``ignore_preflight_errors=True``; warnings are
         logged once. With ``resume=True`` training continues from the newest complete checkpoint in
         ``output_dir`` (adapter or weights, optimizer, scheduler, RNG and data position).
-        ``metrics`` (as for :meth:`evaluate`) are measured on the eval rows at the end and
+        ``metrics`` (as for :meth:`evaluate`; default: the config's ``metrics``) are measured on the eval rows at the end and
         land in ``result.eval_metrics``, ``result.json`` and the run's model card
         (``README.md``, next to ``loss.png``).
         """
@@ -243,7 +243,7 @@ class Tuner:
                 raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
         if eval is None:
             eval = self.config.data.eval
-        chosen_metrics = build_metrics(metrics)
+        chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
         rows = self._rows(train, eval)
         objective, train_rows, eval_rows = self._tokenize(rows)
         self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
