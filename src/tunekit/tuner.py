@@ -200,7 +200,10 @@ class Tuner:
         spec = self.config.objective
         options = json.dumps(spec.options if spec else {}, sort_keys=True, default=str)
         tok = self.tokenizer
-        key = (name, options, row_format, self.config.training.max_length, rows._fingerprint, len(tok), tok.chat_template, tok.eos_token_id, tok.pad_token_id)
+        fingerprint = getattr(rows, "_fingerprint", None)
+        if fingerprint is None:  # not a datasets.Dataset with a content hash: nothing to key on
+            return objective.tokenize(rows, tok, max_length=self.config.training.max_length)
+        key = (name, options, row_format, self.config.training.max_length, fingerprint, len(tok), tok.chat_template, tok.eos_token_id, tok.pad_token_id)
         if key not in self._tokenized_cache:
             while len(self._tokenized_cache) >= 4:
                 del self._tokenized_cache[next(iter(self._tokenized_cache))]

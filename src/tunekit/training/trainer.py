@@ -1,4 +1,4 @@
-"""tunekit's Trainer: transformers' Trainer with the three things it gets wrong for us fixed.
+"""tunekit's Trainer: transformers' Trainer with what it gets wrong for us fixed.
 
 1. Checkpoints are staged and renamed into place (see :mod:`tunekit.training.checkpoints`).
 2. A non-finite loss stops the run at once, naming the step and the last good checkpoint;
