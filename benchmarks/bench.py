@@ -654,13 +654,13 @@ def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
 # levers: one of tunekit's choices switched back at a time
 # ---------------------------------------------------------------------------------------------
 LEVERS = {
-    "baseline": "tunekit's choices: fp32 on this CPU, per-batch padding, length-grouped batches, no checkpointing, no per-step metrics, LoRA dropout 0, LM head on trained positions only",
+    "baseline": "tunekit's choices: fp32 on this CPU, per-batch padding, length-grouped batches, no checkpointing, no per-step metrics, LoRA dropout 0, LM head on trained positions only for a real-sized head",
     "bf16": "precision from the hardware (fp32 here) vs bf16 autocast",
     "pad512": "per-batch padding vs every row padded to 512",
     "random_order": "length-grouped batches vs random batches (both padded per batch)",
     "checkpointing": "no gradient checkpointing vs checkpointing",
     "metrics": "no per-step work vs entropy + token accuracy over the vocabulary every step (trl's default; needs every position's logits)",
-    "all_logits": "LM head on the trained positions only vs on every position (transformers' own loss)",
+    "head_positions": "LM head where tunekit's 'auto' puts it (trained positions only when the head has >= 2^20 weights, else every position) vs the other way",
     "int8_base": "plain base vs an 8-bit (bnb) base",
     "padding_free": "per-batch padding vs padding-free rows (one flattened sequence, block-diagonal attention)",
     "lora_dropout": "LoRA dropout 0 (tunekit's default) vs 0.05 (a common recipe's)",
@@ -678,6 +678,7 @@ def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from tunekit import Tuner
+    from tunekit.training.loss import use_trained_logits
 
     real = model == REAL
     timed = 2 if real else s.steps
@@ -688,7 +689,8 @@ def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
     base_autocast = autocast_dtype(main.precision)
     tok = main.tokenizer
     pad = int(tok.pad_token_id)
-    mine = {"lr": lr, "total_steps": 100, "device": device, "trained_logits": True}  # tunekit's loss
+    trained_logits = use_trained_logits(main.model, "auto")  # tunekit's loss on this model
+    mine = {"lr": lr, "total_steps": 100, "device": device, "trained_logits": trained_logits}
     loops = {"main": PlainLoop(main.model, autocast=base_autocast, **mine)}
     gc = Tuner(model=ws.model(model), strategy="lora").model
     gc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -741,8 +743,8 @@ def levers_for(res: Results, ws: Workspace, s: Settings, model: str) -> None:
             kwargs["autocast"] = torch.bfloat16
         if variant == "metrics":
             kwargs["metrics"] = True
-        if variant == "all_logits":
-            kwargs["trained_logits"] = False
+        if variant == "head_positions":
+            kwargs["trained_logits"] = not trained_logits
         t = time.perf_counter()
         loop.step(b, **kwargs)
         sync()
@@ -799,9 +801,10 @@ def worker_steps(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from tunekit import Tuner
+    from tunekit.training.loss import use_trained_logits
 
     tuner = Tuner(model=spec["model"], strategy="lora")
-    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device=tuner.precision.device, trained_logits=True)
+    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device=tuner.precision.device, trained_logits=use_trained_logits(tuner.model, "auto"))
     feats = tokenized(mixed_rows(BATCH * (spec["warm"] + spec["steps"]), seed=7), tuner.tokenizer)
     pad = int(tuner.tokenizer.pad_token_id)
     times, tokens = [], []
@@ -853,6 +856,7 @@ MEMORY_RUNS: dict[str, tuple[Any, str, dict[str, Any]]] = {  # strategy, quantiz
     "full-none": ("full", "none", {}),
     "lora-none-dropout": ({"name": "lora", "dropout": 0.05}, "none", {}),
     "lora-none-all-logits": ("lora", "none", {"trained_logits_only": False}),
+    "lora-none-trained-logits": ("lora", "none", {"trained_logits_only": True}),
 }
 
 
@@ -963,7 +967,7 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
             ("bnb-8bit", "lora-bnb-8bit", "lora-none", "peak memory: LoRA on bnb-8bit / LoRA on none", "< 1.0"),
             ("full", "full-none", "lora-none", "peak memory: full fine-tuning / LoRA", ""),
             ("lora-dropout", "lora-none-dropout", "lora-none", "peak memory: LoRA dropout 0.05 / tunekit's default 0", ""),
-            ("all-logits", "lora-none-all-logits", "lora-none", "peak memory: LM head on every position / on trained positions only (tunekit)", ""),
+            ("all-logits", "lora-none-all-logits", "lora-none-trained-logits", "peak memory: LM head on every position / on trained positions only", ""),
         ]
         for name, num, den, measure, target in pairs:
             a, b = above_imports(num), above_imports(den)

@@ -22,7 +22,7 @@ EXPECTED_ROWS = [
     *(
         f"levers/tiny-gpt2/{lever}"
         for lever in (
-            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "lora_dropout", "all_logits",
+            "baseline", "bf16", "pad512", "random_order", "checkpointing", "metrics", "int8_base", "padding_free", "lora_dropout", "head_positions",
             "omp_passive",
         )
     ),

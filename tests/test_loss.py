@@ -11,7 +11,13 @@ from tests.conftest import quick
 
 from tunekit import Tuner
 from tunekit.testing import sft_rows
-from tunekit.training.loss import supports_trained_logits, trained_logits_loss, trained_positions
+from tunekit.training.loss import (
+    AUTO_MIN_HEAD_WEIGHTS,
+    supports_trained_logits,
+    trained_logits_loss,
+    trained_positions,
+    use_trained_logits,
+)
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -98,7 +104,7 @@ def test_fit_uses_it_and_trains_the_same(tiny_llama: Path, tmp_path: Path, monke
     real = trainer_module.trained_logits_loss
     monkeypatch.setattr(trainer_module, "trained_logits_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     # gradient accumulation checks the scaling by the items of the whole accumulated batch
-    fast = _fit_losses(tiny_llama, tmp_path, "fast", gradient_accumulation=2, batch_size=4)
+    fast = _fit_losses(tiny_llama, tmp_path, "fast", gradient_accumulation=2, batch_size=4, trained_logits_only=True)
     assert len(calls) == 6 * 2
     calls.clear()
     own = _fit_losses(tiny_llama, tmp_path, "own", gradient_accumulation=2, batch_size=4, trained_logits_only=False)
@@ -112,8 +118,25 @@ def test_evaluation_loss_is_the_same_either_way(tiny_gpt2: Path, monkeypatch: py
 
     tuner = Tuner(model=str(tiny_gpt2), strategy="lora")
     rows = sft_rows(12)
+    monkeypatch.setattr(evaluation, "use_trained_logits", lambda model, setting: supports_trained_logits(model))
     fast = tuner.evaluate(rows)
-    monkeypatch.setattr(evaluation, "supports_trained_logits", lambda model: False)
+    monkeypatch.setattr(evaluation, "use_trained_logits", lambda model, setting: False)
     own = tuner.evaluate(rows)
     assert fast.tokens == own.tokens > 0
     assert fast.loss == pytest.approx(own.loss, rel=1e-5)
+
+
+def test_auto_uses_it_only_for_a_real_sized_head(tiny_llama: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    toy = Tuner(model=str(tiny_llama), strategy="lora").model
+    assert toy.get_output_embeddings().weight.numel() < AUTO_MIN_HEAD_WEIGHTS
+    assert supports_trained_logits(toy)
+    assert not use_trained_logits(toy, "auto")  # selecting positions costs more than a toy head
+    assert use_trained_logits(toy, True) and not use_trained_logits(toy, False)
+
+    config = LlamaConfig(vocab_size=9000, hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config)  # a real-sized vocabulary on a toy body: head 9000 x 128
+    head = model.get_output_embeddings()
+    assert head.in_features * head.out_features >= AUTO_MIN_HEAD_WEIGHTS
+    assert use_trained_logits(model, "auto")

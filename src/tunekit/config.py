@@ -166,11 +166,13 @@ class TrainingOptions(BaseModel):
         default=True,
         description="Batch rows of similar length together so little compute goes to padding.",
     )
-    trained_logits_only: bool = Field(
-        default=True,
+    trained_logits_only: bool | Literal["auto"] = Field(
+        default="auto",
         description="Project onto the vocabulary only the positions whose next token is trained "
         "(not the masked prompt, not the padding): the same loss and gradients with less memory and "
-        "time. Models whose forward cannot skip positions keep their own loss.",
+        "time. 'auto': when the output head has at least 2^20 weights (any real LLM; on toy models "
+        "the selection costs more than it saves). Models whose forward cannot skip positions keep "
+        "their own loss.",
     )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
 

@@ -24,12 +24,14 @@ from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
 from tunekit.errors import ConfigError, DataError, Problem
 from tunekit.parts import PartOptions
 from tunekit.results import EvalResult, Generation
-from tunekit.training.loss import supports_trained_logits, trained_logits_loss
+from tunekit.training.loss import trained_logits_loss, use_trained_logits
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
+
+    from tunekit.config import PartSpec
 
 DEFAULT_METRICS = ("loss", "perplexity")
 """What ``Tuner.evaluate`` measures when it is given no ``metrics``."""
@@ -89,9 +91,10 @@ class ChosenMetric:
         return str(getattr(self.metric, "needs", "loss"))
 
 
-def build_metrics(specs: Sequence[str | Mapping[str, Any]] | str | None) -> list[ChosenMetric]:
-    """Metric parts for ``specs``: names (``"exact_match"``) or mappings with options
-    (``{"name": "exact_match", "case_fold": True}``). Every problem is reported at once."""
+def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Mapping[str, Any] | None) -> list[ChosenMetric]:
+    """Metric parts for ``specs``: names (``"exact_match"``), mappings with options
+    (``{"name": "exact_match", "case_fold": True}``) or ``PartSpec``s (a config's ``metrics``).
+    Every problem is reported at once."""
     from tunekit.config import PartSpec, problems_from_validation
     from tunekit.plugins import get_registry
 
@@ -149,7 +152,7 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    trained_only = supports_trained_logits(model)  # the head only where a token is scored (training/loss.py)
+    trained_only = use_trained_logits(model, "auto")  # the head only where a token is scored (training/loss.py)
     total_loss, total_tokens = 0.0, 0
     try:
         with torch.no_grad():

@@ -456,14 +456,14 @@ class Tuner:
             tied = [f.model_copy(update={"severity": "info"}) for f in tied]
         report.findings += tied
         if estimate and not report.errors:
-            from tunekit.training.loss import supports_trained_logits
+            from tunekit.training.loss import use_trained_logits
 
             tokenized = self._tokenized(name, objective, rows.format, train)
             t = self.config.training
             report.estimate = pf.estimate_step(
                 self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,
                 accumulation=t.gradient_accumulation, device=self.precision.device,
-                trained_logits=t.trained_logits_only and supports_trained_logits(self.model),
+                trained_logits=use_trained_logits(self.model, t.trained_logits_only),
             )
         return report
 

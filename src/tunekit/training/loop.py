@@ -148,10 +148,9 @@ def train(
         callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
     )
     trainer.keep_checkpoints = o.keep_checkpoints
-    if o.trained_logits_only:
-        from tunekit.training.loss import supports_trained_logits
+    from tunekit.training.loss import use_trained_logits
 
-        trainer.trained_logits_only = supports_trained_logits(model)
+    trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
