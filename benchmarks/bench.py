@@ -634,7 +634,9 @@ def case_classic(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
         value, spread, n = ratio_summary(ratios)
         res.add(Row(
             f"classic/{model}/tokens_per_s", "classic", model, "real tokens/s: tunekit defaults / classic recipe (trl SFTTrainer, 8-bit, pad to 512)",
-            value, spread=spread, n=n, target=">= 50", met=value >= 50,
+            # The target is the issue's, for LoRA on GPT-2 (124M); on a toy model per-step fixed
+            # costs dominate both sides, so its ratio is shown without one.
+            value, spread=spread, n=n, target=">= 50" if real else "", met=value >= 50 if real else None,
             detail=f"{statistics.median(tk_tps):.0f} vs {statistics.median(cl_tps):.1f} real tokens/s; classic batches are "
             f"{statistics.median(pad_frac) * 100:.0f}% padding; {timed} timed step(s) per run"
             + (f" after {warm} warm-up" if warm else " (no warm-up: first step timed on both sides)"),
