@@ -78,18 +78,22 @@ def test_interrupted_checkpoint_save_leaves_the_previous_one_loadable(tiny_gpt2,
     assert result.steps == 6 and [p.step for p in result.loss_history][0] == 3
 
 
-def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(tiny_gpt2, tmp_path):
+@pytest.mark.parametrize("trained_logits_only", [False, True])  # the model's own loss, and tunekit's
+def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(tiny_gpt2, tmp_path, trained_logits_only):
     from tunekit.training.trainer import NonFiniteLossError
 
-    tuner = Tuner(model=str(tiny_gpt2), strategy="full", output_dir=str(tmp_path / "run"), training=quick(max_steps=6, save_steps=2))
+    training = quick(max_steps=6, save_steps=2, trained_logits_only=trained_logits_only)
+    tuner = Tuner(model=str(tiny_gpt2), strategy="full", output_dir=str(tmp_path / "run"), training=training)
     model = tuner.model
     step = {"n": 0}
 
-    def poison(module, args, output):  # from the third training step on, the logits (and so the loss) are NaN
+    def poison(module, args, output):  # from the third training step on, the logits and any loss are NaN
         if module.training:
             step["n"] += 1
             if step["n"] >= 3:
                 output.logits = output.logits * float("nan")
+                if output.loss is not None:  # the model's own loss
+                    output.loss = output.loss * float("nan")
         return output
 
     model.register_forward_hook(poison)
