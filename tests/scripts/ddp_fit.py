@@ -1,6 +1,6 @@
 """A user script, run unchanged under `torchrun --nproc_per_node 2` by tests/test_distributed.py.
 
-usage: torchrun --nproc_per_node 2 ddp_fit.py MODEL OUTPUT_DIR DUMP_DIR
+usage: torchrun --nproc_per_node 2 ddp_fit.py MODEL OUTPUT_DIR DUMP_DIR [TRAINED_LOGITS_ONLY]
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ from tunekit import Tuner
 from tunekit.testing import sft_rows
 
 model, output_dir, dump = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+trained_logits_only = {"true": True, "false": False}.get(sys.argv[4] if len(sys.argv) > 4 else "", "auto")
 tuner = Tuner(
     model=model,
     strategy={"name": "lora", "rank": 4},
     output_dir=output_dir,
-    training={"max_steps": 3, "batch_size": 2, "gradient_accumulation": 2, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0},
+    training={
+        "max_steps": 3, "batch_size": 2, "gradient_accumulation": 2, "learning_rate": 1e-2, "logging_steps": 1, "seed": 0,
+        "trained_logits_only": trained_logits_only,
+    },
 )
 result = tuner.fit(sft_rows(32), eval=sft_rows(6, seed=5))
 rank = int(os.environ.get("RANK", "0"))
