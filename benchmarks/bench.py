@@ -1194,7 +1194,7 @@ def markdown(res: Results) -> str:
         "# tunekit benchmark",
         "",
         f"Command: `{m['command']}`  ",
-        f"Mode: {'smoke (smallest quick run; figures mean little)' if res.settings.smoke else 'quick (tiny models only)' if res.settings.quick else 'full (tiny models and ' + REAL + ')'}; "
+        f"Mode: {'smoke (smallest quick run; figures mean little)' if res.settings.smoke else 'quick (tiny models only)' if res.settings.quick else 'full (tiny models, ' + GPT2_SHAPE + ' and ' + REAL + ')'}; "
         f"{res.settings.repeats} repeats; finished {m['finished']} after {m['duration_s'] / 60:.1f} min  ",
         f"Machine: {m['machine'].get('cpu', '?')}, {m['machine']['cpu_count']} CPUs, torch threads {m['machine']['torch_threads']}, "
         f"CUDA: {m['machine']['cuda'] or 'none'}; load average {m['load_average_start']} at start, {m['load_average_end']} at end  ",
