@@ -24,7 +24,7 @@ class LoraOptions(PartOptions):
         lt=1,
         description=(
             "Dropout on the adapter input. 0 (the default) skips the dropped copy of every adapted layer's input "
-            "that dropout keeps for the backward pass: about a quarter less peak memory and ~10% faster in "
+            "that dropout keeps for the backward pass: about a quarter less peak memory and 1.1-1.2x faster in "
             "docs/performance.md. Try 0.05-0.1 to regularise a small data set."
         ),
     )
