@@ -920,13 +920,10 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_worker(kind: str, spec: dict[str, Any], env: dict[str, str | None] | None = None, timeout: int = 1800) -> dict[str, Any]:
-    """Run ``worker_<kind>(spec)`` in a fresh process; ``env`` values of None are removed."""
+def run_worker(kind: str, spec: dict[str, Any], env: dict[str, str] | None = None, timeout: int = 1800) -> dict[str, Any]:
+    """Run ``worker_<kind>(spec)`` in a fresh process, with ``env`` added to the environment."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec)]
-    full_env = {**os.environ, **{k: v for k, v in (env or {}).items() if v is not None}}
-    for key in [k for k, v in (env or {}).items() if v is None]:
-        full_env.pop(key, None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"worker {kind} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
