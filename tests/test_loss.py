@@ -53,6 +53,8 @@ def test_same_loss_and_gradients_as_the_models_own(tiny_model: Path, strategy: s
         ours.backward()
         our_grads = _grads(model)
         torch.testing.assert_close(ours, own)
+        every_position = trained_logits_loss(model, batch, items, skip_untrained=False)  # the same tokens scored
+        torch.testing.assert_close(every_position, own)
         assert own_grads.keys() == our_grads.keys() and own_grads
         for name in own_grads:
             torch.testing.assert_close(our_grads[name], own_grads[name], msg=name)

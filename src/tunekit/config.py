@@ -171,7 +171,7 @@ class TrainingOptions(BaseModel):
         description="Project onto the vocabulary only the positions whose next token is trained "
         "(not the masked prompt, not the padding): the same loss and gradients with less memory and "
         "time. 'auto': when the output head has at least 2^20 weights (any real LLM; on toy models "
-        "the selection costs more than it saves). Models whose forward cannot skip positions keep "
+        "it saves nothing measurable). Models whose forward cannot skip positions keep "
         "their own loss.",
     )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")

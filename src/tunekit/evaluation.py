@@ -159,20 +159,9 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
             for start in range(0, len(indices), batch_size):
                 batch = collate([rows[i] for i in indices[start : start + batch_size]])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                shift_labels = batch["labels"][:, 1:]
-                if trained_only:
-                    loss = trained_logits_loss(model, batch, num_items_in_batch=1)  # divided by 1: the sum
-                else:
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    shift_logits = logits[:, :-1, :].float()
-                    loss = torch.nn.functional.cross_entropy(
-                        shift_logits.reshape(-1, shift_logits.size(-1)),
-                        shift_labels.reshape(-1),
-                        ignore_index=IGNORE_INDEX,
-                        reduction="sum",
-                    )
+                loss = trained_logits_loss(model, batch, skip_untrained=trained_only, reduction="sum")
                 total_loss += float(loss)
-                total_tokens += int((shift_labels != IGNORE_INDEX).sum())
+                total_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     if distributed:

@@ -15,15 +15,17 @@ Calling the model's own ``forward`` (not its decoder and head separately) keeps 
 the path: peft, DDP/FSDP, and a model's own logit post-processing (soft-capping, scaling).
 A model whose ``forward`` does not take a boolean mask is detected once by
 :func:`supports_trained_logits` and keeps the model's own loss. On a toy model (a head of a few
-thousand weights) selecting the positions costs more than the projection it saves: measured
-+3-6% per step on the benchmark's tiny GPT-2, hence :data:`AUTO_MIN_HEAD_WEIGHTS`.
+thousand weights) selecting the positions saves nothing measurable (the benchmark's
+``head_positions`` lever on its tiny GPT-2) and adds work per step, hence
+:data:`AUTO_MIN_HEAD_WEIGHTS`.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+_PROBED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+"""The probe's answer per model object: fit, evaluate and preflight ask about the same model."""
 AUTO_MIN_HEAD_WEIGHTS = 1 << 20
 """``trained_logits_only="auto"`` uses the loss when the output head has at least this many
 weights: 2^20 is 1,024 x 1,024; SmolLM2-135M's head has 28M, GPT-2's 39M."""
@@ -63,17 +67,24 @@ def supports_trained_logits(model: Any) -> bool:
     Checked on a 6-token probe (no gradients, in eval mode): the kept logits must have one row
     per kept position and equal the full forward's logits at those positions.
     """
-    import torch
 
     if "logits_to_keep" not in _inner_forward_params(model):
         return False
     config = getattr(model, "config", None)
     if getattr(config, "output_router_logits", False):  # mixture of experts: the loss adds an auxiliary term
         return False
-    device = next(model.parameters()).device
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab < 2:
         return False
+    if model not in _PROBED:
+        _PROBED[model] = _probe(model, vocab)
+    return _PROBED[model]
+
+
+def _probe(model: Any, vocab: int) -> bool:
+    import torch
+
+    device = next(model.parameters()).device
     ids = torch.arange(6, device=device).remainder(vocab).view(1, 6)
     keep = torch.tensor([[False, True, False, True, True, False]], device=device)
     was_training = model.training
@@ -101,12 +112,21 @@ def trained_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def trained_logits_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+def trained_logits_loss(
+    model: Any,
+    inputs: dict[str, Any],
+    num_items_in_batch: Any = None,
+    *,
+    skip_untrained: bool = True,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> torch.Tensor:
     """Next-token cross-entropy over the trained tokens, projecting only the positions that need it.
 
     The same value as ``model(**inputs).loss`` (transformers' ``ForCausalLMLoss``): float32
     cross-entropy summed over trained tokens and divided by ``num_items_in_batch`` when given,
-    else averaged over them.
+    else averaged over them; ``reduction="sum"`` returns the sum. ``skip_untrained=False``
+    projects every position (for a model without the mask, see :func:`supports_trained_logits`)
+    and then scores the same tokens.
     """
     import torch
 
@@ -115,8 +135,13 @@ def trained_logits_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     keep = trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     inputs.setdefault("use_cache", False)  # no key/value cache is built for a training step
-    logits = model(**inputs, logits_to_keep=keep).logits
+    if skip_untrained:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs).logits[keep]
     loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    if reduction == "sum":
+        return loss
     if num_items_in_batch is not None:
         if isinstance(num_items_in_batch, torch.Tensor):
             num_items_in_batch = num_items_in_batch.to(loss.device)
