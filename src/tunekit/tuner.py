@@ -51,13 +51,15 @@ class Tuner:
     """
 
     def __init__(self, config: TuneConfig | Mapping[str, Any] | None = None, /, **options: Any):
+        from tunekit.config_merge import merge_overrides
+
         if config is None:
             config = TuneConfig(**options)
         elif isinstance(config, TuneConfig):
-            if options:
-                config = TuneConfig.model_validate({**config.model_dump(), **options})
+            if options:  # key by key: training={"max_steps": 3} keeps the other training fields
+                config = TuneConfig.model_validate(merge_overrides(config.model_dump(), options))
         elif isinstance(config, Mapping):
-            config = TuneConfig.model_validate({**config, **options})
+            config = TuneConfig.model_validate(merge_overrides(config, options))
         else:
             raise ConfigError(f"Tuner takes a TuneConfig or a mapping, got {type(config).__name__}.")
         from tunekit.training.precision import choose_precision
@@ -87,14 +89,17 @@ class Tuner:
                     candidate = Path(path).parent / value
                     if candidate.exists():
                         section[key] = str(candidate)
-        return cls({**data, **overrides})
+        from tunekit.config_merge import merge_overrides
+
+        return cls(merge_overrides(data, overrides))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **overrides: Any) -> Tuner:
         """Restore a tuned model saved by :meth:`save` (or the run directory of :meth:`fit`).
 
         The result is ready to generate, evaluate or continue training. ``overrides`` replace
-        config fields, e.g. ``Tuner.load(path, quantizer="none")`` to reload on a plain base.
+        config fields key by key (see :mod:`tunekit.config_merge`), e.g. ``Tuner.load(path, quantizer="none")``
+        to reload on a plain base, or ``training={"max_steps": 100}`` keeping the other training fields.
         """
         path = Path(path)
         if (path / "model" / SAVE_META).is_file():

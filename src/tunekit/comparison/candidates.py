@@ -109,14 +109,12 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, An
 
 
 def merge_config(shared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``shared`` with ``overrides`` on top; the ``training`` and ``data`` sections merge key by key."""
-    merged = copy.deepcopy(dict(shared))
-    for key, value in overrides.items():
-        if key in MERGED_SECTIONS and isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = {**merged[key], **copy.deepcopy(dict(value))}
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    """``shared`` with ``overrides`` on top, by the rule every override in tunekit follows
+    (:func:`tunekit.config_merge.merge_overrides`): the ``training`` and ``data`` sections merge
+    key by key, and a part named as in ``shared`` keeps the options the candidate does not set."""
+    from tunekit.config_merge import merge_overrides
+
+    return merge_overrides(shared, overrides)
 
 
 def controlled_problems(overrides: Mapping[str, Any], *, where: str) -> list[Problem]:
