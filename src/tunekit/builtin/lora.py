@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from tunekit.errors import ConfigError, Problem
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions
 
@@ -67,24 +68,51 @@ class LoraStrategy:
     def peft_config(self, model: torch.nn.Module) -> Any:
         from peft import LoraConfig
 
-        from tunekit.models.targets import resolve_target_modules
+        from tunekit.models.targets import resolve_targets
 
         o = self.options
-        targets = resolve_target_modules(model, o.target_modules)
+        targets = resolve_targets(model, o.target_modules)
         modules = dict(model.named_modules())
-        conv1d = any(type(modules[t]).__name__ == "Conv1D" for t in targets)
+        conv1d = any(type(modules[t]).__name__ == "Conv1D" for t in targets.modules)
+        if targets.parameters:
+            self._check_expert_options(model, targets.parameters, conv1d)
         return LoraConfig(
             task_type="CAUSAL_LM",
             r=o.rank,
             lora_alpha=o.alpha if o.alpha is not None else 2 * o.rank,  # type: ignore[arg-type]
             lora_dropout=o.dropout,
-            target_modules=targets,
+            target_modules=targets.modules,
+            # transformers 5 keeps mixture-of-experts weights as fused parameters, not Linear layers
+            target_parameters=targets.parameters or None,
             use_dora=o.use_dora,
             use_rslora=o.use_rslora,
             bias=o.bias,
             modules_to_save=o.modules_to_save,
             fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights transposed
         )
+
+    def _check_expert_options(self, model: torch.nn.Module, parameters: list[str], conv1d: bool) -> None:
+        """peft adapts fused expert weights (``target_parameters``) without dropout or DoRA: refuse
+        those here, with the way out, rather than train the attention alone or crash inside peft."""
+        o = self.options
+        unsupported = [
+            (o.dropout > 0, "strategy.dropout", f"dropout={o.dropout}", "set dropout=0"),
+            (o.use_dora, "strategy.use_dora", "use_dora=True", "set use_dora=false"),
+            (conv1d, "strategy.target_modules", "Conv1D layers", "target the Linear layers only"),
+        ]
+        example = parameters[0].rsplit(".", 3)[-3:]
+        problems = [
+            Problem(
+                location,
+                f"{type(model).__name__} keeps its experts as fused weights ({'.'.join(example)}, "
+                f"{len(parameters)} in all), which peft adapts only without {what}. Either {fix}, or "
+                "leave the experts out with target_modules='attention' (or a list of layer names).",
+            )
+            for bad, location, what, fix in unsupported
+            if bad
+        ]
+        if problems:
+            raise ConfigError(problems)
 
     def prepare(self, model: torch.nn.Module, *, quantized: bool) -> torch.nn.Module:
         from peft import get_peft_model

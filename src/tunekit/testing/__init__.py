@@ -77,25 +77,34 @@ def build_tiny_tokenizer(arch: Literal["gpt2", "llama"] = "gpt2", vocab_size: in
     return tokenizer
 
 
+Arch = Literal["gpt2", "llama", "qwen2", "gemma", "phi", "mixtral", "qwen2-moe"]
+
+
 def build_tiny_model(
-    path: str | Path, arch: Literal["gpt2", "llama"] = "gpt2", *, seed: int = 0, hidden: int = 64, layers: int = 2
+    path: str | Path, arch: Arch = "gpt2", *, seed: int = 0, hidden: int = 64, layers: int = 2
 ) -> Path:
     """Build a randomly initialised tiny model of ``arch`` with its tokenizer and save it to ``path``.
 
     GPT-2 ties its head to the input embeddings (as the real one does) and uses Conv1D
-    layers; Llama has an untied head, grouped-query attention and a chat template.
+    layers; Llama has an untied head, grouped-query attention and a chat template. The other
+    architectures use Llama's tokenizer: ``qwen2`` (biases on q/k/v), ``gemma`` (tied head,
+    embeddings scaled by sqrt(hidden)), ``phi`` (biases everywhere, a LayerNorm, attention and MLP
+    in parallel), and the mixtures of experts ``mixtral`` and ``qwen2-moe`` (4 experts, 2 per token,
+    fused expert weights; Qwen2-MoE adds a shared expert).
     """
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     path = Path(path)
-    tokenizer = build_tiny_tokenizer(arch)
+    tokenizer = build_tiny_tokenizer("gpt2" if arch == "gpt2" else "llama")
     vocab = len(tokenizer)
     if arch == "gpt2":
         config: Any = GPT2Config(
             vocab_size=vocab, n_positions=512, n_embd=hidden, n_layer=layers, n_head=4,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
         )
+    elif arch != "llama":
+        config = _other_config(arch, tokenizer, hidden, layers)
     else:
         config = LlamaConfig(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
@@ -108,6 +117,35 @@ def build_tiny_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _other_config(arch: str, tokenizer: Any, hidden: int, layers: int) -> Any:
+    """The config of one of the extra tiny architectures (see :func:`build_tiny_model`)."""
+    import transformers
+
+    common: dict[str, Any] = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**common, tie_word_embeddings=False)
+    if arch == "gemma":
+        return transformers.GemmaConfig(**common, head_dim=hidden // 4, tie_word_embeddings=True)
+    if arch == "phi":
+        common["num_key_value_heads"] = 4
+        return transformers.PhiConfig(**common, tie_word_embeddings=False)
+    if arch == "mixtral":
+        return transformers.MixtralConfig(
+            **common, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False
+        )
+    if arch == "qwen2-moe":
+        return transformers.Qwen2MoeConfig(
+            **common, moe_intermediate_size=hidden // 2, shared_expert_intermediate_size=hidden,
+            num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1, mlp_only_layers=[],
+            tie_word_embeddings=False,
+        )
+    raise ValueError(f"unknown tiny architecture {arch!r}")
 
 
 def sft_rows(n: int = 32, seed: int = 0) -> list[dict[str, str]]:
