@@ -211,7 +211,7 @@ _BLOCK_RE = re.compile(r"\.(\d+)\.")
 
 def params_by_block(model: torch.nn.Module) -> tuple[list[ParamGroup], list[Finding]]:
     """Trainable/total parameters per block: embeddings, each transformer block, head, other."""
-    from tunekit.models.inspect import decoder_blocks, output_head_names
+    from tunekit.models.inspect import decoder_blocks, output_head_names, weight_count
 
     blocks_name, _ = decoder_blocks(model)
     heads = output_head_names(model)
@@ -238,9 +238,9 @@ def params_by_block(model: torch.nn.Module) -> tuple[list[ParamGroup], list[Find
         else:
             group = "other"
         counts = groups.setdefault(group, [0, 0])
-        counts[1] += param.numel()
+        counts[1] += weight_count(param)  # the count fit and compare report (4-bit weights unpacked)
         if param.requires_grad:
-            counts[0] += param.numel()
+            counts[0] += weight_count(param)
 
     def order(item: tuple[str, list[int]]) -> tuple[int, int]:
         name = item[0]
