@@ -142,3 +142,59 @@ def test_auto_uses_it_only_for_a_real_sized_head(tiny_llama: Path) -> None:
     head = model.get_output_embeddings()
     assert head.in_features * head.out_features >= AUTO_MIN_HEAD_WEIGHTS
     assert use_trained_logits(model, "auto")
+
+
+class _Wrapped(torch.nn.Module):
+    """A model whose forward is ``forward_fn``; its parameters and config are the tiny Llama's."""
+
+    def __init__(self, model: torch.nn.Module, forward_fn: Any) -> None:
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self._forward_fn = forward_fn
+
+    def forward(self, input_ids: Any = None, **kwargs: Any) -> Any:
+        return self._forward_fn(self.inner, input_ids, kwargs)
+
+
+def test_a_forward_without_the_mask_warns_and_says_why(tiny_llama: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = Tuner(model=str(tiny_llama), strategy="full").model
+
+    def no_keep(inner: Any, ids: Any, kwargs: dict[str, Any]) -> Any:
+        if "logits_to_keep" in kwargs:  # what an old-style forward(**kwargs) passing them on would raise
+            raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+        return inner(input_ids=ids, **kwargs)
+
+    with caplog.at_level("WARNING", logger="tunekit.training.loss"):
+        assert not supports_trained_logits(_Wrapped(model, no_keep))
+    assert "does not take a boolean logits_to_keep" in caplog.text and "unexpected keyword argument" in caplog.text
+
+    class Plain(torch.nn.Module):  # a signature without logits_to_keep: no probe needed, still a warning
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, input_ids: Any = None) -> Any:
+            return self.inner(input_ids=input_ids)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tunekit.training.loss"):
+        assert not supports_trained_logits(Plain())
+    assert "Plain.forward does not take logits_to_keep" in caplog.text
+
+
+def test_a_real_error_in_the_probe_is_not_taken_for_a_missing_feature(tiny_llama: Path) -> None:
+    model = Tuner(model=str(tiny_llama), strategy="full").model
+
+    def broken(inner: Any, ids: Any, kwargs: dict[str, Any]) -> Any:
+        raise ValueError("a bug in the model's forward")
+
+    with pytest.raises(ValueError, match="a bug in the model's forward"):
+        supports_trained_logits(_Wrapped(model, broken))
+
+
+def test_the_supported_path_logs_no_warning(tiny_llama: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = Tuner(model=str(tiny_llama), strategy="lora").model
+    with caplog.at_level("WARNING", logger="tunekit.training.loss"):
+        assert supports_trained_logits(model)
+    assert not caplog.records

@@ -14,7 +14,7 @@ of the skipped positions never exist.
 Calling the model's own ``forward`` (not its decoder and head separately) keeps every wrapper in
 the path: peft, DDP/FSDP, and a model's own logit post-processing (soft-capping, scaling).
 A model whose ``forward`` does not take a boolean mask is detected once by
-:func:`supports_trained_logits` and keeps the model's own loss. On a toy model (a head of a few
+:func:`supports_trained_logits`, keeps the model's own loss, and a warning says so. On a toy model (a head of a few
 thousand weights) selecting the positions saves nothing measurable (the benchmark's
 ``head_positions`` lever on its tiny GPT-2) and adds work per step, hence
 :data:`AUTO_MIN_HEAD_WEIGHTS`.
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-_PROBED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-"""The probe's answer per model object: fit, evaluate and preflight ask about the same model."""
+_PROBED: weakref.WeakKeyDictionary[Any, bool | str] = weakref.WeakKeyDictionary()
+"""The probe's answer per model object (True, or why not): fit, evaluate and preflight ask about the same model."""
 AUTO_MIN_HEAD_WEIGHTS = 1 << 20
 """``trained_logits_only="auto"`` uses the loss when the output head has at least this many
 weights: 2^20 is 1,024 x 1,024; SmolLM2-135M's head has 28M, GPT-2's 39M."""
@@ -55,33 +55,64 @@ def use_trained_logits(model: Any, setting: bool | str) -> bool:
     return supports_trained_logits(model)
 
 
-def _inner_forward_params(model: Any) -> set[str]:
-    """The parameter names of the transformers model's ``forward`` under any peft wrapper."""
+_FALLBACK_WARNED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""The reason already logged per model object, so fit, evaluate and preflight warn once."""
+
+
+def _inner_forward_params(model: Any) -> dict[str, inspect.Parameter]:
+    """The parameters of the transformers model's ``forward`` under any peft wrapper."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(inner.forward).parameters)
+    return dict(inspect.signature(inner.forward).parameters)
+
+
+def _takes_logits_to_keep(model: Any) -> bool | None:
+    """True/False when ``forward``'s signature says whether it takes ``logits_to_keep``; None when
+    only the ``**kwargs`` it takes could let it through (then the probe decides)."""
+    params = _inner_forward_params(model)
+    if "logits_to_keep" in params:
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return False
+
+
+def _fall_back(model: Any, reason: str) -> bool:
+    if _FALLBACK_WARNED.get(model) != reason:
+        _FALLBACK_WARNED[model] = reason
+        log.warning(
+            "tunekit: %s; training and evaluation use the model's own loss, which projects every position "
+            "onto the vocabulary (slower and more memory than projecting the trained positions only).",
+            reason,
+        )
+    return False
 
 
 def supports_trained_logits(model: Any) -> bool:
     """Whether ``model`` projects only the positions of a boolean ``logits_to_keep`` mask.
 
-    Checked on a 6-token probe (no gradients, in eval mode): the kept logits must have one row
-    per kept position and equal the full forward's logits at those positions.
+    The ``forward`` signature must take ``logits_to_keep`` (or ``**kwargs``); then a 6-token probe
+    (no gradients, in eval mode) must give one row of logits per kept position, equal to the full
+    forward's logits at those positions. When the answer is no, a warning says why (once per model
+    and reason): the model's own loss is correct but slower.
     """
-
-    if "logits_to_keep" not in _inner_forward_params(model):
-        return False
+    name = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
+    if _takes_logits_to_keep(model) is False:
+        return _fall_back(model, f"{name}.forward does not take logits_to_keep")
     config = getattr(model, "config", None)
     if getattr(config, "output_router_logits", False):  # mixture of experts: the loss adds an auxiliary term
-        return False
+        return _fall_back(model, f"{name} adds the router's auxiliary loss (output_router_logits=True)")
     vocab = int(getattr(config, "vocab_size", 0) or 0)
     if vocab < 2:
-        return False
+        return _fall_back(model, f"{name}'s config has no vocab_size")
     if model not in _PROBED:
         _PROBED[model] = _probe(model, vocab)
-    return _PROBED[model]
+    if isinstance(_PROBED[model], str):
+        return _fall_back(model, f"{name} {_PROBED[model]}")
+    return True
 
 
-def _probe(model: Any, vocab: int) -> bool:
+def _probe(model: Any, vocab: int) -> bool | str:
+    """True, or why the model cannot project a boolean mask of positions."""
     import torch
 
     device = next(model.parameters()).device
@@ -91,16 +122,24 @@ def _probe(model: Any, vocab: int) -> bool:
     model.eval()
     try:
         with torch.no_grad():
-            full = model(input_ids=ids).logits
-            kept = model(input_ids=ids, logits_to_keep=keep).logits
-    except Exception as exc:  # a model whose forward cannot take the mask keeps its own loss
-        log.info("tunekit: %s does not take a boolean logits_to_keep (%s); using its own loss", type(model).__name__, exc)
-        return False
+            full = model(input_ids=ids).logits  # outside the except below: a broken model is not a "no"
+            try:
+                kept = model(input_ids=ids, logits_to_keep=keep).logits
+            except torch.OutOfMemoryError:
+                raise
+            except (TypeError, IndexError, RuntimeError) as exc:
+                # The same forward just ran without the mask, so this failure is the mask's: a forward
+                # without the argument (TypeError), or one that takes only an int count of last positions
+                # (negating or slicing by a bool tensor).
+                log.debug("tunekit: the logits_to_keep probe failed", exc_info=exc)
+                return f"does not take a boolean logits_to_keep mask ({type(exc).__name__}: {exc})"
     finally:
         model.train(was_training)
     if kept.dim() != 2 or kept.shape[0] != int(keep.sum()):
-        return False
-    return bool(torch.allclose(kept.float(), full[keep].float(), rtol=1e-3, atol=1e-3))
+        return f"returned logits of shape {tuple(kept.shape)} for a boolean logits_to_keep mask of {int(keep.sum())} positions"
+    if not torch.allclose(kept.float(), full[keep].float(), rtol=1e-3, atol=1e-3):
+        return "gave different logits with a boolean logits_to_keep mask than without"
+    return True
 
 
 def trained_positions(labels: torch.Tensor) -> torch.Tensor:
