@@ -156,12 +156,13 @@ class FilesAdapter:
             kwargs["sample_by"] = self.options.text_sample_by
         try:
             ds = load_dataset(loader, data_files=str(path), split="train", **kwargs)
-        except Exception as exc:
-            cause = exc.__cause__ or exc
+        except Exception as exc:  # the datasets error stays the cause; its message and its own cause's are shown
+            inner = exc.__cause__
+            why = f"{type(exc).__name__}: {exc}" + (f"; caused by {type(inner).__name__}: {inner}" if inner else "")
             raise DataError(
-                f"could not read {str(path)!r} as {path.suffix} ({type(cause).__name__}: {cause}). "
+                f"could not read {str(path)!r} as {path.suffix} ({why}). "
                 "Check that the file is valid and every row has the same columns."
-            ) from None
+            ) from exc
         return LoadedData(ds, None, str(path))
 
 
