@@ -135,37 +135,53 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Ma
 
 
 # -- loss ---------------------------------------------------------------------------------------------
-def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, batch_size: int = 8) -> EvalResult:
+def evaluate_loss(
+    model: torch.nn.Module,
+    rows: Dataset,
+    *,
+    pad_token_id: int,
+    batch_size: int = 8,
+    trained_logits_only: bool | str = "auto",
+) -> EvalResult:
     """Mean cross-entropy per trained token over ``rows`` (``input_ids`` + ``labels``).
 
     Weighted by tokens, not by batch, so the figure does not depend on the batch size
-    or on how rows happen to be grouped. Under a multi-process launch each rank scores its
-    shard of the rows and the sums are reduced, so every rank returns the same figure.
+    or on how rows happen to be grouped. This is the one eval loss of tunekit: ``Tuner.evaluate``,
+    the final evaluation of ``fit`` and the Trainer's evaluations during training
+    (``training.eval_steps``) all call it, so one curve shows one quantity.
+    ``trained_logits_only`` is ``training.trained_logits_only`` (see :mod:`tunekit.training.loss`).
+
+    Under a multi-process launch each rank scores its shard of the rows and the sums are
+    reduced, so every rank returns the same figure. Every rank runs the same number of
+    forward passes (a rank with fewer rows scores a placeholder batch that counts for nothing),
+    because a sharded module (FSDP, ZeRO-3) gathers its weights in every forward, on all ranks
+    together.
     """
     import torch
 
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-    indices = list(range(len(rows)))
-    if distributed:
-        indices = indices[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+    world, rank = _world()
+    indices = list(range(len(rows)))[rank::world]
     collate = PadPerBatch(pad_token_id=pad_token_id)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    trained_only = use_trained_logits(model, "auto")  # the head only where a token is scored (training/loss.py)
+    trained_only = use_trained_logits(model, trained_logits_only)  # the head only where a token is scored
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     total_loss, total_tokens = 0.0, 0
     try:
         with torch.no_grad():
-            for start in range(0, len(indices), batch_size):
-                batch = collate([rows[i] for i in indices[start : start + batch_size]])
+            for batch_rows in _same_count_on_every_rank(batches, world):
+                placeholder = not batch_rows
+                batch = collate([rows[i] for i in (batch_rows or [0])])
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss = trained_logits_loss(model, batch, skip_untrained=trained_only, reduction="sum")
-                total_loss += float(loss)
-                total_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                if not placeholder:
+                    total_loss += float(loss)
+                    total_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
-    if distributed:
-        sums = torch.tensor([total_loss, float(total_tokens)], dtype=torch.float64)
+    if world > 1:
+        sums = torch.tensor([total_loss, float(total_tokens)], dtype=torch.float64, device=_collective_device())
         torch.distributed.all_reduce(sums)
         total_loss, total_tokens = float(sums[0]), int(sums[1])
     mean = total_loss / total_tokens if total_tokens else float("nan")
@@ -176,6 +192,37 @@ def evaluate_loss(model: torch.nn.Module, rows: Dataset, *, pad_token_id: int, b
         rows=len(rows),
         metrics={"loss": mean, "perplexity": math.exp(min(mean, 700.0))},
     )
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of an initialised process group, else (1, 0)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _collective_device() -> Any:
+    """Where a tensor must live for a collective: NCCL reduces GPU tensors only."""
+    import torch
+
+    if torch.distributed.get_backend() == "nccl":
+        from accelerate import PartialState
+
+        return PartialState().device
+    return torch.device("cpu")
+
+
+def _same_count_on_every_rank(batches: list[list[int]], world: int) -> list[list[int]]:
+    """``batches`` padded with empty placeholders to the largest count of any rank."""
+    if world == 1:
+        return batches
+    import torch
+
+    count = torch.tensor([len(batches)], dtype=torch.int64, device=_collective_device())
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return batches + [[] for _ in range(int(count.item()) - len(batches))]
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -237,11 +284,14 @@ def generate_answers(
     for prompt in prompts:
         text, add_special = render_generation_prompt(tokenizer, prompt)
         encoded.append(list(tokenizer(text, add_special_tokens=add_special)["input_ids"]))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    world, rank = _world()
+    # Under a multi-process launch each rank answers its share (every world-th prompt by length);
+    # the answers are gathered at the end, so every rank returns all of them.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))[rank::world]
     answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _same_count_on_every_rank([order[i : i + batch_size] for i in range(0, len(order), batch_size)], world)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -252,6 +302,9 @@ def generate_answers(
     try:
         with torch.no_grad():
             for batch in batches:
+                # a placeholder on a rank with fewer batches: a sharded module generates on all ranks together
+                placeholder = not batch
+                batch = batch or [0]
                 longest = max(len(encoded[i]) for i in batch)
                 ids = torch.tensor([[pad] * (longest - len(encoded[i])) + encoded[i] for i in batch], device=device)
                 mask = torch.tensor([[0] * (longest - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
@@ -263,14 +316,24 @@ def generate_answers(
                     pad_token_id=pad,
                     eos_token_id=eos or None,
                 )
+                if placeholder:
+                    continue
                 for row, i in enumerate(batch):
                     answers[i] = str(tokenizer.decode(out[row, longest:], skip_special_tokens=True))
                 if bar is not None:
-                    bar.update(len(batch))
+                    bar.update(len(batch) * world)
     finally:
         model.train(was_training)
         if bar is not None:
             bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        shares: list[Any] = [None] * world
+        dist.all_gather_object(shares, {i: answers[i] for i in order})
+        for share in shares:
+            for i, answer in share.items():
+                answers[i] = answer
     return answers
 
 
@@ -297,6 +360,7 @@ def evaluate(
     generation_batch_size: int | None = None,
     max_new_tokens: int | None = None,
     progress: bool = False,
+    trained_logits_only: bool | str = "auto",
 ) -> EvalResult:
     """Loss over ``tokenized`` and every metric in ``metrics`` over ``rows``.
 
@@ -306,7 +370,7 @@ def evaluate(
     ``max_new_tokens`` defaults to :func:`answer_budget`.
     """
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size)
+    base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size, trained_logits_only=trained_logits_only)
     predictions = references = None
     generations: list[Generation] = []
     if any(m.needs == "generation" for m in metrics):

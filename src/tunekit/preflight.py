@@ -280,6 +280,8 @@ def estimate_step(
     order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i]["input_ids"]))[:batch_size]
     batch = PadPerBatch(pad_token_id)([tokenized[i] for i in order])
     dev = next(model.parameters()).device
+    if str(device).split(":")[0] != dev.type:  # measuring one device while the model runs on another measures nothing
+        raise TunekitError(f"estimate_step: the model is on {dev}, but the memory of {device!r} would be measured.")
     batch = {k: v.to(dev) for k, v in batch.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
@@ -291,8 +293,8 @@ def estimate_step(
                 start = time.perf_counter()
                 loss = trained_logits_loss(model, batch) if trained_logits else model(**batch).loss
                 loss.backward()
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
                 timings.append(time.perf_counter() - start)
     finally:
         for p in trainable:

@@ -142,8 +142,12 @@ class Tuner:
         from transformers import set_seed
 
         from tunekit.models.loading import ModelSource, load_model, load_tokenizer, resolve_source
+        from tunekit.training.distributed import process_device
 
         cfg = self.config
+        # This process's device (its own GPU under torchrun): evaluate, generate and preflight run
+        # there too, not only the Trainer.
+        device = process_device()
         base = ModelSource("local", str(model_path)) if model_path else resolve_source(cfg.model)
         tok_source = ModelSource("local", str(adapter_path)) if adapter_path else base
         revision = cfg.revision if base.kind == "hub" else None
@@ -156,7 +160,7 @@ class Tuner:
         dtype = self.precision.compute_dtype if frozen_base else torch.float32
         model: Any = load_model(
             base, dtype=dtype, extra_kwargs=self.quantizer.load_kwargs(self.precision.compute_dtype),
-            trust_remote_code=remote, revision=revision,
+            trust_remote_code=remote, revision=revision, device=device,
         )
         gc = cfg.training.gradient_checkpointing
         model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
@@ -173,6 +177,9 @@ class Tuner:
             model.enable_input_require_grads()
         if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if not self.quantizer.quantizes_base:  # new adapter/head weights join the base on its device
+            model = model.to(device)
+        model.eval()  # ready for inference (dropout off); the Trainer switches to train mode for its steps
         self._model, self._tokenizer = model, tokenizer
 
     # -- data -------------------------------------------------------------------------------
@@ -361,19 +368,23 @@ class Tuner:
         self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None
     ) -> EvalResult:
         from tunekit.evaluation import evaluate as run_evaluation
+        from tunekit.training.distributed import inference_module
 
-        return run_evaluation(
-            self.model,
-            self.tokenizer,
-            rows,
-            row_format,
-            tokenized,
-            chosen,
-            batch_size=batch_size or self.config.training.batch_size,
-            generation_batch_size=batch_size or GENERATION_BATCH_FACTOR * self.config.training.batch_size,
-            max_new_tokens=max_new_tokens,
-            progress=self.config.training.progress_bar,
-        )
+        # After a sharded (FSDP / ZeRO-3) fit every rank evaluates its share on the sharded module.
+        with inference_module(self.model) as model:
+            return run_evaluation(
+                model,
+                self.tokenizer,
+                rows,
+                row_format,
+                tokenized,
+                chosen,
+                batch_size=batch_size or self.config.training.batch_size,
+                generation_batch_size=batch_size or GENERATION_BATCH_FACTOR * self.config.training.batch_size,
+                max_new_tokens=max_new_tokens,
+                progress=self.config.training.progress_bar,
+                trained_logits_only=self.config.training.trained_logits_only,
+            )
 
     def generate(self, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
         """Continue a text prompt, or answer a chat (a list of messages), and return the new text.
@@ -467,7 +478,7 @@ class Tuner:
             t = self.config.training
             report.estimate = pf.estimate_step(
                 self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,
-                accumulation=t.gradient_accumulation, device=self.precision.device,
+                accumulation=t.gradient_accumulation, device=str(next(self.model.parameters()).device),
                 trained_logits=use_trained_logits(self.model, t.trained_logits_only),
             )
         return report

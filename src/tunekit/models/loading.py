@@ -140,14 +140,21 @@ def load_model(
     extra_kwargs: dict[str, Any] | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    device: Any = None,
 ) -> PreTrainedModel:
-    """Load a causal LM from ``source`` with the given dtype and quantizer kwargs."""
+    """Load a causal LM from ``source`` with the given dtype and quantizer kwargs, onto ``device``.
+
+    A quantized (bitsandbytes) model is placed at load time (``device_map={"": device}``: its
+    weights cannot be moved afterwards); any other model is moved there once loaded.
+    """
     from transformers import AutoModelForCausalLM
 
     source = materialize(source)
     kwargs = dict(extra_kwargs or {})
     if "quantization_config" not in kwargs:
         kwargs.setdefault("dtype", dtype)
+    elif device is not None:
+        kwargs.setdefault("device_map", {"": device})
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
@@ -164,4 +171,6 @@ def load_model(
         from tunekit.models.gguf_cache import strip_gguf_quantization
 
         strip_gguf_quantization(model)
+    if device is not None and "device_map" not in kwargs:
+        model = model.to(device)
     return model  # type: ignore[no-any-return]

@@ -160,6 +160,12 @@ def train(
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         interrupt.uninstall()
+        # What fit hands back is for inference (dropout off); the Trainer set train mode for its steps.
+        model.eval()
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        from tunekit.training.distributed import remember_sharded
+
+        remember_sharded(model, trainer.model_wrapped, trainer.accelerator)
     if interrupt.interrupted:
         raise TrainingInterrupted(
             f"training was interrupted at step {trainer.state.global_step}; a checkpoint was saved in "

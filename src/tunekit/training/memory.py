@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 
 def _vm_hwm_bytes() -> int | None:
@@ -26,16 +27,25 @@ class PeakMemory:
     which cannot be reset (``kind`` says which was used).
     """
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: Any):
+        # "cuda", "cuda:1" or a torch.device: the statistics are those of that very GPU (under
+        # torchrun each rank measures its own, not GPU 0).
+        self.device = str(device)
+        self.is_cuda = self.device.split(":")[0] == "cuda"
         self.peak_bytes = 0
         self.kind = ""
 
+    def _cuda(self) -> Any:
+        import torch
+
+        device = torch.device(self.device)
+        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
     def __enter__(self) -> PeakMemory:
-        if self.device == "cuda":
+        if self.is_cuda:
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self._cuda())
             self.kind = "cuda_max_allocated"
         else:
             try:
@@ -46,10 +56,10 @@ class PeakMemory:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.device == "cuda":
+        if self.is_cuda:
             import torch
 
-            self.peak_bytes = int(torch.cuda.max_memory_allocated())
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self._cuda()))
         elif self.kind == "process_rss_peak" and (hwm := _vm_hwm_bytes()) is not None:
             self.peak_bytes = hwm
         else:

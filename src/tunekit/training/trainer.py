@@ -7,6 +7,9 @@
 3. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and stops cleanly.
 4. The training loss projects only the trained positions onto the vocabulary
    (see :mod:`tunekit.training.loss`); the stock loss computes every position's logits.
+5. Evaluation during training reports the token-weighted mean over trained tokens, computed by
+   :func:`tunekit.evaluation.evaluate_loss` exactly as ``Tuner.evaluate`` and fit's final
+   evaluation compute it; the stock loop averages per-batch means, another quantity.
 """
 
 from __future__ import annotations
@@ -86,6 +89,40 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
             loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
         return loss
 
+    def evaluation_loop(
+        self, dataloader: Any, description: str, prediction_loss_only: bool | None = None, ignore_keys: Any = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """``{prefix}_loss``: tunekit's eval loss (token weighted, over trained tokens) of the dataset."""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        from tunekit.evaluation import evaluate_loss
+
+        dataset = getattr(dataloader, "dataset", None)
+        collator = self.data_collator
+        unprepared = (self.is_deepspeed_enabled and self.deepspeed is None) or (self.is_fsdp_enabled and not self.accelerator._models)
+        if dataset is None or not hasattr(collator, "pad_token_id") or unprepared:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        # A sharded module (FSDP, ZeRO-3) gathers its weights in forward: use the wrapper, on every rank.
+        model = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
+        result = evaluate_loss(
+            model, dataset, pad_token_id=int(collator.pad_token_id), batch_size=self.args.eval_batch_size,
+            trained_logits_only=self.trained_logits_only,
+        )
+        metrics = {f"{metric_key_prefix}_loss": result.loss, f"{metric_key_prefix}_tokens": float(result.tokens)}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))
+
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> Any:
+        """With only the loss wanted: the mean over the batch's trained tokens, by tunekit's loss."""
+        if not (prediction_loss_only and "labels" in inputs):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = trained_logits_loss(model, inputs, skip_untrained=self.trained_logits_only)
+        return loss.detach(), None, None
+
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -106,6 +143,8 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = real
-        if self.args.should_save:
+        # Every rank writes its own RNG state into the staged checkpoint: all must be done before it moves.
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:  # the main process only
             publish(Path(staging) / name, Path(real) / name)
             rotate(real, self.keep_checkpoints)
