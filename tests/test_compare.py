@@ -282,9 +282,11 @@ def test_an_existing_report_directory_is_kept_unless_overwrite(model_path, tmp_p
     out = tmp_path / "r"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(TunekitError, match="overwrite=True"):
+    with pytest.raises(TunekitError, match="holds files tunekit did not write.*keep.txt"):
         compare(str(model_path), ["lora"], sft_rows(4), output_dir=out, progress=False)
-    assert (out / "keep.txt").exists()
+    with pytest.raises(TunekitError, match="holds files tunekit did not write.*keep.txt"):
+        compare(str(model_path), ["lora"], sft_rows(4), output_dir=out, overwrite=True, progress=False)
+    assert (out / "keep.txt").read_text() == "x"
 
 
 def test_candidate_names_and_config_merging():

@@ -148,13 +148,15 @@ def test_fit_refuses_an_existing_run_and_save_refuses_to_overwrite(tiny_gpt2, tm
     out = tmp_path / "run"
     tuner = Tuner(model=str(tiny_gpt2), output_dir=str(out), training=quick(max_steps=1))
     tuner.fit(ROWS)
-    with pytest.raises(TunekitError, match="already holds a tunekit run; .*resume=True"):
+    with pytest.raises(TunekitError, match="already holds a tunekit fit directory; .*resume=True"):
         tuner.fit(ROWS)
     tuner.fit(ROWS, overwrite=True)
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "mine.txt").write_text("precious")
-    with pytest.raises(TunekitError, match="not empty"):
+    with pytest.raises(TunekitError, match="holds files tunekit did not write.*mine.txt"):
         tuner.save(tmp_path / "keep")
+    with pytest.raises(TunekitError, match="holds files tunekit did not write.*mine.txt"):
+        tuner.save(tmp_path / "keep", overwrite=True)
     assert (tmp_path / "keep" / "mine.txt").read_text() == "precious"
     assert (out / "tunekit.yaml").is_file() and (out / "result.json").is_file()
     assert Tuner.load(out).config.model == str(tiny_gpt2)

@@ -107,7 +107,7 @@ def test_overwrite_never_deletes_a_directory_tunekit_did_not_write(tiny_gpt2, tm
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     tuner = Tuner(model=str(tiny_gpt2), output_dir=str(precious), training=quick(max_steps=1))
-    with pytest.raises(TunekitError, match="not a tunekit run"):
+    with pytest.raises(TunekitError, match="holds files tunekit did not write.*notes.txt"):
         tuner.fit(sft_rows(4), overwrite=True)
     assert (precious / "notes.txt").read_text() == "keep me"
 
@@ -132,5 +132,5 @@ def test_interrupted_save_keeps_the_previous_save(tiny_gpt2, tmp_path):
     finally:
         tuner.tokenizer.save_pretrained = original
     assert (target / "adapter_model.safetensors").read_bytes() == before
-    assert not list(tmp_path.glob(".adapter.tmp-*"))
+    assert not list(tmp_path.glob(".tunekit-*"))  # no staging debris beside it
     Tuner.load(target)  # the previous save still loads

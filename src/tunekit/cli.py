@@ -18,7 +18,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else {}
     tuner = Tuner.from_config(args.config, **overrides)
-    result = tuner.fit(args.data, args.eval, overwrite=args.overwrite, resume=args.resume)
+    from tunekit.run_directory import CLI_FLAGS
+
+    result = tuner.fit(
+        args.data, args.eval, overwrite=args.overwrite, resume=args.resume, accept_changes=args.accept_changes, flags=CLI_FLAGS
+    )
     if is_main_process():
         print(result.summary())
     return 0
@@ -91,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", help="training data file (default: data.train in the config)")
     fit.add_argument("--eval", help="evaluation data file (default: data.eval in the config)")
     fit.add_argument("--output-dir", help="override output_dir")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
-    fit.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    fit.add_argument("--overwrite", action="store_true", help="replace the tunekit run in output_dir (only once the new one has finished)")
+    fit.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in output_dir")
+    fit.add_argument(
+        "--accept-changes", action="store_true",
+        help="with --resume: continue even though the config or data differ from the checkpoint's",
+    )
     fit.add_argument(
         "--nproc", type=int, default=1,
         help="data-parallel processes on this machine (runs torchrun for you; for several machines "

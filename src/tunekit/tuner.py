@@ -11,21 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunekit.config import PartSpec, TuneConfig
+from tunekit.config import PartSpec, TuneConfig, clamp_max_length
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
+
+from tunekit.run_directory import PYTHON_FLAGS
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
     from tunekit.data.pipeline import PreparedRows
+    from tunekit.run_directory import Claim
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,11 @@ class Tuner:
         config fields key by key (see :mod:`tunekit.config_merge`), e.g. ``Tuner.load(path, quantizer="none")``
         to reload on a plain base, or ``training={"max_steps": 100}`` keeping the other training fields.
         """
+        from tunekit.config_files import read_saved_meta
+        from tunekit.run_directory import recover
+
         path = Path(path)
+        recover(path)  # a replacement cut between its two renames is finished (or undone) first
         if (path / "model" / SAVE_META).is_file():
             path = path / "model"
         if not (path / SAVE_META).is_file():
@@ -109,7 +115,7 @@ class Tuner:
                 f"{str(path)!r} is not a directory saved by tunekit (no {SAVE_META}); for a plain "
                 "transformers model directory use Tuner(model=path)."
             )
-        meta = json.loads((path / SAVE_META).read_text())
+        meta = read_saved_meta(path, SAVE_META, SAVE_CONFIG)  # a ModelLoadError for a corrupt save
         if meta["format"] != "adapter":
             # a full or merged save is its own base: continuing from it must not go back to the original
             overrides = {"model": str(path), **overrides}
@@ -162,6 +168,7 @@ class Tuner:
             base, dtype=dtype, extra_kwargs=self.quantizer.load_kwargs(self.precision.compute_dtype),
             trust_remote_code=remote, revision=revision, device=device,
         )
+        self.config = clamp_max_length(self.config, model)  # a max_length past the model's positions
         gc = cfg.training.gradient_checkpointing
         model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
         set_seed(cfg.training.seed)
@@ -230,19 +237,27 @@ class Tuner:
         *,
         overwrite: bool = False,
         resume: bool = False,
+        accept_changes: bool = False,
         ignore_preflight_errors: bool = False,
         metrics: Sequence[str | Mapping[str, Any]] | None = None,
+        flags: tuple[str, str] = PYTHON_FLAGS,
     ) -> FitResult:
         """Train on ``train`` (rows, a dataset, a DataFrame or a file path) and return what was measured.
 
         ``eval`` is evaluated at ``training.eval_steps`` and at the end; without it, a
         ``DatasetDict``'s validation split or ``data.eval_fraction`` of the rows is used.
         The run directory (``output_dir``) gets the config, ``result.json`` and the tuned
-        model under ``model/``; an existing run there is refused unless ``overwrite=True``.
+        model under ``model/``, and is marked as tunekit's (see :mod:`tunekit.run_directory`).
+        An existing run there is refused unless ``overwrite=True``, which trains the new run
+        beside it and swaps it in only once it has finished and been saved; a directory tunekit
+        did not write, or a run holding files tunekit did not write, is never replaced.
         Pre-flight errors found in the data (EOS never trained, a chat template that would not
         be saved as used) stop ``fit`` unless ``ignore_preflight_errors=True``; warnings are
-        logged once. With ``resume=True`` training continues from the newest complete checkpoint in
-        ``output_dir`` (adapter or weights, optimizer, scheduler, RNG and data position).
+        logged once. With ``resume=True`` training continues from the newest intact checkpoint in
+        ``output_dir`` (adapter or weights, optimizer, scheduler, RNG and data position); a
+        checkpoint written with another config or other data is refused, naming the differences,
+        unless ``accept_changes=True``; a run that already finished the same budget trains nothing.
+        ``flags`` name the overwrite/resume switches in error messages (the CLI passes its own).
         ``metrics`` (as for :meth:`evaluate`; default: the config's ``metrics``) are measured on the eval rows at the end and
         land in ``result.eval_metrics``, ``result.json`` and the run's model card
         (``README.md``, next to ``loss.png``).
@@ -250,7 +265,12 @@ class Tuner:
         from tunekit.evaluation import build_metrics
         from tunekit.models.inspect import count_parameters
         from tunekit.plugins import get_plugins
+        from tunekit.run_directory import CLI_FLAGS
+        from tunekit.training.distributed import wait_for_everyone
+        from tunekit.training.fingerprint import run_fingerprint
         from tunekit.training.loop import train as run_training
+        from tunekit.training.resume import finished_run, resume_point
+        from tunekit.training.trainer import TrainingInterrupted
 
         if train is None:
             train = self.config.data.train
@@ -259,82 +279,124 @@ class Tuner:
         if eval is None:
             eval = self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
-        rows = self._rows(train, eval)
-        objective, train_rows, eval_rows = self._tokenize(rows)
-        self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
-        if len(train_rows) == 0:
-            raise TunekitError("no training rows are left after tokenization.")
-        from tunekit.training.checkpoints import newest_checkpoint
-        from tunekit.training.distributed import is_main_process, wait_for_everyone
+        with self._claim_run(overwrite, resume, flags) as run:
+            rows = self._rows(train, eval)
+            objective, train_rows, eval_rows = self._tokenize(rows)
+            self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
+            if len(train_rows) == 0:
+                raise TunekitError("no training rows are left after tokenization.")
+            fingerprint = run_fingerprint(self.config.model_dump(mode="json"), train_rows, eval_rows)
+            if resume and finished_run(run.previous, fingerprint, self.config.model_dump(mode="json")):
+                return self._finished(run)
+            resume_from = None
+            if resume:
+                accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
+                resume_from = resume_point(run.work, fingerprint, accept_changes=accept_changes, accept_flag=accept_flag, clean=run.main)
+            if run.main:
+                with run.writing(SAVE_CONFIG) as file:
+                    self.config.to_file(file)
+            hooks = get_plugins().manager.hook
+            model = self.model
+            trainable, total = count_parameters(model)
+            if trainable == 0:
+                raise TunekitError(f"strategy {self.strategy.name!r} left no parameter trainable.")
+            hooks.on_fit_start(tuner=self)
+            lr = self.config.training.learning_rate or self.strategy.default_learning_rate
+            try:
+                outcome = run_training(
+                    model,
+                    self.tokenizer,
+                    train_rows,
+                    eval_rows,
+                    options=self.config.training,
+                    learning_rate=lr,
+                    precision=self.precision,
+                    output_dir=str(run.work),
+                    on_log=lambda step, logs: hooks.on_log(tuner=self, step=step, logs=logs),
+                    on_evaluate=lambda step, metrics: hooks.on_evaluate(tuner=self, step=step, metrics=metrics),
+                    resume_from=str(resume_from) if resume_from else None,
+                    fingerprint=fingerprint,
+                )
+            except TrainingInterrupted as exc:
+                if not run.staged:
+                    raise
+                raise TrainingInterrupted(
+                    f"training was interrupted; the run in {str(run.path)!r} that this one was to replace is "
+                    "unchanged, and the new run was discarded."
+                ) from exc
+            final_eval: EvalResult | None = None
+            if eval_rows is not None and len(eval_rows):
+                assert rows.eval is not None
+                final_eval = self._evaluate_rows(rows.eval, rows.format, eval_rows, chosen_metrics)
+            last_loss = outcome.loss_history[-1].loss if outcome.loss_history else outcome.mean_loss
+            result = FitResult(
+                strategy=self.strategy.name,
+                objective=objective,
+                trainable_params=trainable,
+                total_params=total,
+                steps=outcome.steps,
+                train_loss=last_loss,
+                mean_train_loss=outcome.mean_loss,
+                eval_loss=final_eval.loss if final_eval else None,
+                eval_perplexity=final_eval.perplexity if final_eval else None,
+                eval_metrics=final_eval.metrics if final_eval else {},
+                eval_generations=final_eval.generations if final_eval else [],
+                loss_history=outcome.loss_history,
+                eval_history=outcome.eval_history,
+                tokens_seen=outcome.tokens_seen,
+                world_size=outcome.world_size,
+                effective_batch_size=outcome.effective_batch_size,
+                wall_time_s=outcome.wall_time_s,
+                tokens_per_second=outcome.tokens_seen / outcome.wall_time_s if outcome.wall_time_s else 0.0,
+                peak_memory_bytes=outcome.peak_memory_bytes,
+                peak_memory_kind=outcome.peak_memory_kind,
+                precision=self.precision.name,
+                output_dir=str(run.path),
+            )
+            if run.main:  # under torchrun every rank holds the same weights; one writes
+                self.save(run.work / "model", overwrite=True)
+                run.record("model")
+                with run.writing(RUN_RESULT) as file:
+                    file.write_text(result.model_dump_json(indent=2))
+                from tunekit.run_report import LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
 
-        output_dir, resume_from = self._claim_output_dir(overwrite, resume), None
-        if resume:
-            resume_from = newest_checkpoint(output_dir)
-            if resume_from is None:
-                log.warning("tunekit: no complete checkpoint in %s; starting from the beginning.", output_dir)
-            else:
-                log.warning("tunekit: resuming from %s", resume_from)
-        if is_main_process():
-            self.config.to_file(output_dir / SAVE_CONFIG)
-        hooks = get_plugins().manager.hook
-        model = self.model
-        trainable, total = count_parameters(model)
-        if trainable == 0:
-            raise TunekitError(f"strategy {self.strategy.name!r} left no parameter trainable.")
-        hooks.on_fit_start(tuner=self)
-        lr = self.config.training.learning_rate or self.strategy.default_learning_rate
-        outcome = run_training(
-            model,
-            self.tokenizer,
-            train_rows,
-            eval_rows,
-            options=self.config.training,
-            learning_rate=lr,
-            precision=self.precision,
-            output_dir=str(output_dir),
-            on_log=lambda step, logs: hooks.on_log(tuner=self, step=step, logs=logs),
-            on_evaluate=lambda step, metrics: hooks.on_evaluate(tuner=self, step=step, metrics=metrics),
-            resume_from=str(resume_from) if resume_from else None,
-        )
-        final_eval: EvalResult | None = None
-        if eval_rows is not None and len(eval_rows):
-            assert rows.eval is not None
-            final_eval = self._evaluate_rows(rows.eval, rows.format, eval_rows, chosen_metrics)
-        last_loss = outcome.loss_history[-1].loss if outcome.loss_history else outcome.mean_loss
-        result = FitResult(
-            strategy=self.strategy.name,
-            objective=objective,
-            trainable_params=trainable,
-            total_params=total,
-            steps=outcome.steps,
-            train_loss=last_loss,
-            mean_train_loss=outcome.mean_loss,
-            eval_loss=final_eval.loss if final_eval else None,
-            eval_perplexity=final_eval.perplexity if final_eval else None,
-            eval_metrics=final_eval.metrics if final_eval else {},
-            eval_generations=final_eval.generations if final_eval else [],
-            loss_history=outcome.loss_history,
-            eval_history=outcome.eval_history,
-            tokens_seen=outcome.tokens_seen,
-            world_size=outcome.world_size,
-            effective_batch_size=outcome.effective_batch_size,
-            wall_time_s=outcome.wall_time_s,
-            tokens_per_second=outcome.tokens_seen / outcome.wall_time_s if outcome.wall_time_s else 0.0,
-            peak_memory_bytes=outcome.peak_memory_bytes,
-            peak_memory_kind=outcome.peak_memory_kind,
-            precision=self.precision.name,
-            output_dir=str(output_dir),
-        )
-        if is_main_process():  # under torchrun every rank holds the same weights; one writes
-            self.save(output_dir / "model", overwrite=True)
-            (output_dir / RUN_RESULT).write_text(result.model_dump_json(indent=2))
-            from tunekit.run_report import DataSummary, write_run_report
-
-            data = DataSummary(rows.description, rows.format, len(train_rows), len(eval_rows) if eval_rows is not None else 0)
-            write_run_report(output_dir, result, self.config, data, learning_rate=lr)
-        wait_for_everyone()
+                data = DataSummary(rows.description, rows.format, len(train_rows), len(eval_rows) if eval_rows is not None else 0)
+                write_run_report(run.work, result, self.config, data, learning_rate=lr)
+                run.record(MODEL_CARD, LOSS_PLOT)
+                t = self.config.training
+                run.set_state("writing", fingerprint=fingerprint, budget={"max_steps": t.max_steps, "epochs": t.epochs})
+            wait_for_everyone()  # every rank is done with the work directory before it moves
+            run.publish()
         self.last_result = result
         hooks.on_fit_end(tuner=self, result=result)
+        return result
+
+    def _claim_run(self, overwrite: bool, resume: bool, flags: tuple[str, str]) -> Claim:
+        """Claim ``output_dir`` (see :mod:`tunekit.run_directory`): the main process first, then the others."""
+        from tunekit.run_directory import claim
+        from tunekit.training.distributed import is_main_process, wait_for_everyone
+
+        if self.config.output_dir:
+            out = Path(self.config.output_dir)
+        else:
+            model_name = Path(self.config.model).name.removesuffix(".gguf") or "model"
+            out = Path("runs") / f"{model_name}-{self.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        kwargs: dict[str, Any] = {"overwrite": overwrite, "resume": resume, "flags": flags}
+        run = claim(out, "fit", **kwargs) if is_main_process() else None
+        wait_for_everyone()
+        return run if run is not None else claim(out, "fit", main=False, **kwargs)
+
+    def _finished(self, run: Claim) -> FitResult:
+        """The result of a run that already finished what was asked: nothing is trained again."""
+        log.warning("tunekit: %s already finished this run (same config, data and budget); nothing to train.", run.path)
+        result = FitResult.model_validate_json((run.path / RUN_RESULT).read_text(encoding="utf-8"))
+        saved = run.path / "model"
+        meta = json.loads((saved / SAVE_META).read_text(encoding="utf-8"))
+        if meta.get("format") == "adapter":
+            self._load_model(adapter_path=saved)
+        else:
+            self._load_model(model_path=saved)
+        self.last_result = result
         return result
 
     def evaluate(
@@ -355,9 +417,11 @@ class Tuner:
         generation (which keeps no activations for a backward pass, so it fits where training
         did). Every row of ``data`` is evaluated (``data.eval_fraction`` does not apply).
         """
+        from tunekit.config_files import check_positive_int
         from tunekit.data.pipeline import prepare_rows
         from tunekit.evaluation import build_metrics
 
+        check_positive_int("evaluate", batch_size=batch_size, max_new_tokens=max_new_tokens)
         chosen = build_metrics(metrics)
         options = self.config.data.model_copy(update={"eval_fraction": None})
         rows = prepare_rows(data, None, options, seed=self.config.training.seed)
@@ -389,12 +453,23 @@ class Tuner:
     def generate(self, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
         """Continue a text prompt, or answer a chat (a list of messages), and return the new text.
 
-        Greedy with at most 64 new tokens unless ``generate_kwargs`` say otherwise.
+        Greedy with at most 64 new tokens unless ``generate_kwargs`` say otherwise. An empty
+        prompt is a ``DataError`` (pass ``tokenizer.bos_token`` for unconditioned text).
         """
         import torch
 
+        from tunekit.config_files import check_positive_int
         from tunekit.data.chat import render_generation_prompt
+        from tunekit.errors import DataError
 
+        if isinstance(prompt, str) and not prompt:
+            # One rule for every tokenizer: with no BOS token an empty prompt has no token to start
+            # from, and with one the "answer" would be unconditioned text, not a continuation.
+            raise DataError(
+                "generate was given an empty prompt; give the text to continue (or a chat to answer). "
+                "For unconditioned text, pass the BOS token explicitly: generate(tuner.tokenizer.bos_token)."
+            )
+        check_positive_int("generate", max_new_tokens=generate_kwargs.get("max_new_tokens"))
         tokenizer, model = self.tokenizer, self.model
         text, add_special = render_generation_prompt(tokenizer, prompt)
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
@@ -419,22 +494,34 @@ class Tuner:
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save what was tuned: a peft adapter (adapter strategies) or a full model, plus the tokenizer
-        and the config. Written to a temporary directory and renamed into place, so a crash never
-        leaves a half-written save; an existing non-empty ``path`` is refused unless ``overwrite``.
+        and the config.
+
+        Written to a staging directory beside ``path`` and swapped into place when complete, so
+        a crash never leaves a half-written save. An existing save is replaced only with
+        ``overwrite=True`` and only if it is a tunekit save holding nothing but what tunekit
+        wrote; any other non-empty directory is refused.
         """
+        from tunekit.run_directory import LOCK, MARKER, claim, disk_error
+
         adapter = self.strategy.uses_adapters and not self._merged
         model, tokenizer = self.model, self.tokenizer
+        with claim(path, "save", overwrite=overwrite, stage=True, what="save path") as target:
+            work = target.work
+            try:
+                model.save_pretrained(str(work))  # type: ignore[operator]
+                tokenizer.save_pretrained(str(work))
+                self.config.to_file(work / SAVE_CONFIG)
+                from tunekit import __version__
 
-        def write(tmp: Path) -> None:
-            model.save_pretrained(str(tmp))  # type: ignore[operator]
-            tokenizer.save_pretrained(str(tmp))
-            self.config.to_file(tmp / SAVE_CONFIG)
-            from tunekit import __version__
-
-            meta = {"format": "adapter" if adapter else "full", "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
-            (tmp / SAVE_META).write_text(json.dumps(meta, indent=2))
-
-        return _write_atomically(Path(path), write, overwrite=overwrite)
+                meta = {"format": "adapter" if adapter else "full", "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
+                (work / SAVE_META).write_text(json.dumps(meta, indent=2))
+            except (OSError, RuntimeError) as exc:
+                error = disk_error(exc, work)
+                if error is exc:
+                    raise
+                raise error from exc
+            target.record(*(p.name for p in work.iterdir() if p.name not in (MARKER, LOCK)))
+            return target.publish()
 
     def preflight(self, data: Any = None, *, estimate: bool = True, sample_rows: int = 2000) -> Any:
         """Audit a run before it starts; returns a :class:`tunekit.preflight.PreflightReport`.
@@ -525,56 +612,3 @@ class Tuner:
         """Merge (for adapters) and save a standalone transformers model that plain ``from_pretrained`` loads."""
         self.merge()
         return self.save(path, overwrite=overwrite)
-
-    # -- helpers ----------------------------------------------------------------------------------
-    def _claim_output_dir(self, overwrite: bool, resume: bool = False) -> Path:
-        if self.config.output_dir:
-            out = Path(self.config.output_dir)
-        else:
-            model_name = Path(self.config.model).name.removesuffix(".gguf") or "model"
-            out = Path("runs") / f"{model_name}-{self.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        from tunekit.training.distributed import is_main_process, wait_for_everyone
-
-        if resume and overwrite:
-            raise TunekitError("fit(..., resume=True) continues the run in output_dir; it cannot also overwrite it.")
-        if out.exists() and any(out.iterdir()) and not resume:
-            is_run = (out / SAVE_CONFIG).exists()
-            if not overwrite or not is_run:
-                what = "a tunekit run" if is_run else "files that are not a tunekit run"
-                hint = (
-                    "choose another output_dir, pass fit(..., resume=True) to continue it, or "
-                    "fit(..., overwrite=True) to replace it"
-                    if is_run
-                    else "choose another (or an empty) output_dir; tunekit never deletes files it did not write"
-                )
-                raise TunekitError(f"output_dir {str(out)!r} already holds {what}; {hint}.")
-            wait_for_everyone()  # every rank has checked before the main one deletes
-            if is_main_process():
-                shutil.rmtree(out)
-        if is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
-        wait_for_everyone()
-        return out
-
-
-def _write_atomically(path: Path, write: Any, *, overwrite: bool) -> Path:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise TunekitError(f"{str(path)!r} already exists and is not empty; choose another path or pass overwrite=True.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    return path
-

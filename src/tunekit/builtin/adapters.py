@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -155,7 +156,8 @@ class FilesAdapter:
         if loader == "text":
             kwargs["sample_by"] = self.options.text_sample_by
         try:
-            ds = load_dataset(loader, data_files=str(path), split="train", **kwargs)
+            # datasets reads data_files as glob patterns: escaped, "set[1].jsonl" names that file and no other.
+            ds = load_dataset(loader, data_files=glob.escape(str(path.resolve())), split="train", **kwargs)
         except Exception as exc:  # the datasets error stays the cause; its message and its own cause's are shown
             inner = exc.__cause__
             why = f"{type(exc).__name__}: {exc}" + (f"; caused by {type(inner).__name__}: {inner}" if inner else "")

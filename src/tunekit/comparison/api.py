@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +26,8 @@ from tunekit.comparison.report import (
 )
 from tunekit.comparison.runner import run_in_subprocess
 from tunekit.comparison.staging import StagedData, stage_data
-from tunekit.errors import ConfigError, Problem, TunekitError
+from tunekit.errors import ConfigError, Problem
+from tunekit.run_directory import TEMP_PREFIX, Claim
 
 MARKDOWN_FILE = "report.md"
 PLOT_FILE = "compare.png"
@@ -91,74 +92,82 @@ def compare(
 
     _register_in_parent(plugin_refs)
     shared_config = TuneConfig(**shared_fields)  # a mistake every candidate shares fails now
-    out = _claim_directory(output_dir, overwrite)
-    try:
+    run = _claim_directory(output_dir, overwrite)
+    out = run.path
+    with run:  # any failure: a new report directory is removed, a replaced one left as it was
+        # The data is read and checked before anything of a previous report is removed.
+        incoming = run.work / f"{TEMP_PREFIX}new-data"
         staged = stage_data(
             train if train is not None else shared_config.data.train,
             eval if eval is not None else shared_config.data.eval,
             shared_config.data,
             seed=seed_list[0],
-            directory=out / "data",
+            directory=incoming,
         )
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # bad data: leave no half-made report directory behind
-        raise
+        run.clear(keep=(incoming.name,))
+        if incoming.is_dir():
+            incoming.rename(out / "data")
+            staged = _moved(staged, incoming, out / "data")
+            run.record("data")
+        run.keep = True  # from here on a partial report (report.json after each run) is worth keeping
 
-    report = CompareReport(
-        tunekit_version=_version(),
-        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        model=model,
-        budget=budget_spec,
-        max_steps=budget_spec.get("max_steps"),  # type: ignore[arg-type]
-        metrics=metric_names,
-        seeds=seed_list,
-        shared=shared_fields,
-        train_data=staged.train,
-        eval_data=staged.eval,
-        train_rows=staged.train_rows,
-        eval_rows=staged.eval_rows,
-        output_dir=str(out),
-    )
-    planned = [_plan(c, i, shared_fields, budget_spec, staged, out, say) for i, c in enumerate(parsed)]
-    steps = {c.max_steps for c, _ in planned if c.error is None}
-    if "tokens" in budget_spec and len(steps) == 1:
-        report.max_steps = steps.pop()
-    report.candidates = [result for result, _ in planned]
-    total = sum(len(seed_list) for result, _ in planned if result.error is None)
-    say(f"compare: {len(parsed)} candidates x {len(seed_list)} seed(s) = {total} runs; report in {out}")
-    for result, _ in planned:
-        if result.error is not None:
-            say(f"compare: {result.name}: not run: {one_line(result.error)}")
-    done = 0
-    for result, config in planned:
-        if result.error is not None:
-            continue
-        for seed in seed_list:
-            done += 1
-            label = f"[{done}/{total}] {result.name} (seed {seed})"
-            first_failure = next((r for r in result.runs if r.seed_independent), None)
-            if first_failure is not None:
-                result.runs.append(RunRecord(
-                    seed=seed, ok=False, seed_independent=True,
-                    error=f"not run: seed {first_failure.seed} failed in a way no seed changes: {first_failure.error}",
-                ))
-                say(f"{label}: skipped (seed {first_failure.seed} failed in a way no seed changes)")
+        report = CompareReport(
+            tunekit_version=_version(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            model=model,
+            budget=budget_spec,
+            max_steps=budget_spec.get("max_steps"),  # type: ignore[arg-type]
+            metrics=metric_names,
+            seeds=seed_list,
+            shared=shared_fields,
+            train_data=staged.train,
+            eval_data=staged.eval,
+            train_rows=staged.train_rows,
+            eval_rows=staged.eval_rows,
+            output_dir=str(out),
+        )
+        planned = [_plan(c, i, shared_fields, budget_spec, staged, out, say) for i, c in enumerate(parsed)]
+        steps = {c.max_steps for c, _ in planned if c.error is None}
+        if "tokens" in budget_spec and len(steps) == 1:
+            report.max_steps = steps.pop()
+        report.candidates = [result for result, _ in planned]
+        total = sum(len(seed_list) for result, _ in planned if result.error is None)
+        say(f"compare: {len(parsed)} candidates x {len(seed_list)} seed(s) = {total} runs; report in {out}")
+        for result, _ in planned:
+            if result.error is not None:
+                say(f"compare: {result.name}: not run: {one_line(result.error)}")
+        done = 0
+        for result, config in planned:
+            if result.error is not None:
                 continue
-            run_dir = out / "runs" / config["_slug"] / f"seed-{seed}"
-            job = _job(config, seed, run_dir / "fit", staged, metric_specs, plugin_refs, keep_models, result.max_steps)
-            say(f"{label}: starting")
-            record = run_in_subprocess(job, run_dir, label=label, timeout_s=timeout_s, progress=say)
-            result.runs.append(record)
-            if record.ok:
-                loss = f"eval loss {record.eval_loss:.4f}" if record.eval_loss is not None else f"train loss {record.train_loss:.4f}"
-                say(f"{label}: done in {record.process_time_s:.1f}s, {loss}")
-            else:
-                say(f"{label}: FAILED: {one_line(record.error or 'unknown error')}")
-            report.to_json(out / REPORT_FILE)  # a report so far survives an interrupted comparison
-    write_report_files(report, out)
-    failed = report.failed
-    say(f"compare: done; {len(report.candidates) - len(failed)} of {len(report.candidates)} candidates ok; report in {out}")
-    return report
+            for seed in seed_list:
+                done += 1
+                label = f"[{done}/{total}] {result.name} (seed {seed})"
+                first_failure = next((r for r in result.runs if r.seed_independent), None)
+                if first_failure is not None:
+                    result.runs.append(RunRecord(
+                        seed=seed, ok=False, seed_independent=True,
+                        error=f"not run: seed {first_failure.seed} failed in a way no seed changes: {first_failure.error}",
+                    ))
+                    say(f"{label}: skipped (seed {first_failure.seed} failed in a way no seed changes)")
+                    continue
+                run_dir = out / "runs" / config["_slug"] / f"seed-{seed}"
+                job = _job(config, seed, run_dir / "fit", staged, metric_specs, plugin_refs, keep_models, result.max_steps)
+                say(f"{label}: starting")
+                record = run_in_subprocess(job, run_dir, label=label, timeout_s=timeout_s, progress=say)
+                result.runs.append(record)
+                if record.ok:
+                    loss = f"eval loss {record.eval_loss:.4f}" if record.eval_loss is not None else f"train loss {record.train_loss:.4f}"
+                    say(f"{label}: done in {record.process_time_s:.1f}s, {loss}")
+                else:
+                    say(f"{label}: FAILED: {one_line(record.error or 'unknown error')}")
+                report.to_json(out / REPORT_FILE)  # a report so far survives an interrupted comparison
+        write_report_files(report, out)
+        run.record(REPORT_FILE, MARKDOWN_FILE, "runs")
+        run.publish()
+        failed = report.failed
+        say(f"compare: done; {len(report.candidates) - len(failed)} of {len(report.candidates)} candidates ok; report in {out}")
+        return report
 
 
 def write_report_files(report: CompareReport, directory: Path) -> None:
@@ -313,17 +322,20 @@ def _register_in_parent(refs: list[str]) -> None:
             register_plugin(obj, name=ref)
 
 
-def _claim_directory(output_dir: str | os.PathLike[str] | None, overwrite: bool) -> Path:
+def _claim_directory(output_dir: str | os.PathLike[str] | None, overwrite: bool) -> Claim:
+    """The report directory: new, or (``overwrite``) a tunekit compare report holding only tunekit's files."""
+    from tunekit.run_directory import claim
+
     out = Path(output_dir) if output_dir is not None else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise TunekitError(
-                f"report directory {str(out)!r} already exists and is not empty; choose another "
-                "output_dir, or pass overwrite=True to replace it."
-            )
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out.resolve()
+    return claim(Path(os.path.abspath(out)), "compare", overwrite=overwrite, in_place=True, what="report directory")
+
+
+def _moved(staged: StagedData, old: Path, new: Path) -> StagedData:
+    """``staged`` with its files' paths under ``new`` instead of ``old``."""
+    def move(path: str | None) -> str | None:
+        return str(new / Path(path).relative_to(old.resolve())) if path and staged.written else path
+
+    return dataclasses.replace(staged, train=move(staged.train) or staged.train, eval=move(staged.eval))
 
 
 def _progress_printer(progress: bool | Callable[[str], None]) -> Callable[[str], None]:

@@ -92,6 +92,7 @@ def train(
     on_log: Any,
     on_evaluate: Any,
     resume_from: str | None = None,
+    fingerprint: dict[str, str] | None = None,
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured."""
     from transformers import TrainingArguments
@@ -148,6 +149,7 @@ def train(
         callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
     )
     trainer.keep_checkpoints = o.keep_checkpoints
+    trainer.run_fingerprint = fingerprint
     from tunekit.training.loss import use_trained_logits
 
     trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)

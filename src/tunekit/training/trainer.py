@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from types import FrameType
@@ -24,7 +26,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from tunekit.errors import TunekitError
-from tunekit.training.checkpoints import STAGING, newest_checkpoint, publish, rotate
+from tunekit.run_directory import disk_error
+from tunekit.training.checkpoints import FINGERPRINT, STAGING, newest_checkpoint, publish, rotate
 from tunekit.training.loss import trained_logits_loss
 
 
@@ -73,6 +76,8 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
 
     keep_checkpoints: int | None = None
     trained_logits_only: bool = False
+    run_fingerprint: dict[str, str] | None = None
+    """Written into every checkpoint (:data:`tunekit.training.checkpoints.FINGERPRINT`) so a resume can check it."""
     """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
 
     def compute_loss(
@@ -141,6 +146,15 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         self.args.output_dir = staging
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save and self.run_fingerprint is not None:  # written last: the run it belongs to
+                (Path(staging) / name / FINGERPRINT).write_text(json.dumps(self.run_fingerprint, indent=1))
+        except (OSError, RuntimeError) as exc:
+            # torch.save on a full disk raises RuntimeError("... unexpected pos ..."): leave no half checkpoint
+            shutil.rmtree(Path(staging) / name, ignore_errors=True)
+            error = disk_error(exc, Path(staging) / name)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self.args.output_dir = real
         # Every rank writes its own RNG state into the staged checkpoint: all must be done before it moves.
