@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from tunekit.data.chat import eos_id, render_chat
+from tunekit.data.chat import AnswerSpan, adds_special_tokens, answer_spans, eos_id, render_chat, special_ids
 from tunekit.data.collate import IGNORE_INDEX
 from tunekit.errors import DataError
 from tunekit.hookspecs import Register, hookimpl
@@ -48,21 +48,19 @@ class SFTObjective:
     def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
         eos = eos_id(tokenizer)
         chat = "messages" in rows.column_names
+        specials = special_ids(tokenizer)
 
-        def one(row: dict[str, Any]) -> dict[str, Any]:
+        def one(row: dict[str, Any], index: int) -> dict[str, Any]:
             if chat:
-                ids, labels = self._chat(row["messages"], tokenizer, eos)
+                ids, labels = self._chat(row["messages"], tokenizer, eos, specials)
             else:
-                prompt = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
-                answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-                if self.options.append_eos:
-                    answer = [*answer, eos]
-                ids, labels = [*prompt, *answer], [IGNORE_INDEX] * len(prompt) + list(answer)
+                ids, labels = self._prompt_completion(row["prompt"], row["completion"], tokenizer, eos)
             truncated = len(ids) > max_length
             ids, labels = ids[:max_length], labels[:max_length]
-            return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated}
+            # ``row``: the row's index in ``rows``, so preflight can name a row after others were dropped.
+            return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated, "row": index}
 
-        out = rows.map(one, remove_columns=rows.column_names, desc="tokenizing (sft)")
+        out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc="tokenizing (sft)")
         truncated = sum(out["truncated"])
         trained = [sum(1 for x in labels if x != IGNORE_INDEX) for labels in out["labels"]]
         empty = [i for i, n in enumerate(trained) if n == 0]
@@ -72,42 +70,89 @@ class SFTObjective:
             if len(empty) == len(out):
                 raise DataError(
                     f"no row has any answer token left to train on (max_length={max_length}); "
-                    "raise training.max_length or shorten the prompts."
+                    "raise training.max_length or shorten the prompts, and check the answers are not empty."
                 )
-            log.warning("sft: dropping %d rows with no answer token inside max_length=%d.", len(empty), max_length)
+            log.warning(
+                "sft: dropping %d rows with no answer token inside max_length=%d (first: row %d).",
+                len(empty), max_length, out[empty[0]]["row"],
+            )
             drop = set(empty)
             out = out.select([i for i in range(len(out)) if i not in drop])
         return out.remove_columns(["truncated"])
 
-    def _chat(self, messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, eos: int) -> tuple[list[int], list[int]]:
+    # Answers are found by character offsets in the text tokenized once (fast tokenizers'
+    # offset mapping), not by tokenizing prompt and answer apart: an answer tokenized on its own
+    # can start with a piece (SentencePiece's lone "▁", a merge across the boundary) that never
+    # occurs in the text the model sees at inference. Offsets also need one tokenization per row
+    # where checking rendered prefixes needs one per turn.
+    def _prompt_completion(
+        self, prompt: str, completion: str, tokenizer: PreTrainedTokenizerBase, eos: int
+    ) -> tuple[list[int], list[int]]:
+        text = prompt + completion
+        add_special = adds_special_tokens(tokenizer, text)
+        if not getattr(tokenizer, "is_fast", False):  # no offsets: tokenize the two apart
+            head = list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+            answer = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+            ids, labels = [*head, *answer], [IGNORE_INDEX] * len(head) + answer
+        else:
+            enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+            span = AnswerSpan(len(prompt), len(text), len(text))
+            ids, labels, _ = _label_spans(enc, [span], set())
+        if self.options.append_eos:
+            ids, labels = [*ids, eos], [*labels, eos]
+        return ids, labels
+
+    def _chat(
+        self, messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, eos: int, specials: set[int]
+    ) -> tuple[list[int], list[int]]:
+        """Each assistant turn trains its content and the template's end-of-turn token; EOS closes
+        the last answer only where the template writes no such marker. Nothing after the last
+        assistant turn is kept: it would train nothing."""
         if not any(m["role"] == "assistant" for m in messages):
             raise DataError("an sft chat row has no 'assistant' message, so there is nothing to train on.")
         if not getattr(tokenizer, "is_fast", False):
             raise DataError("sft on chat rows needs a fast tokenizer (one with offset mappings).")
         text = render_chat(tokenizer, messages)
-        spans: list[tuple[int, int]] = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            prefix = render_chat(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-            upto = render_chat(tokenizer, messages[: i + 1])
-            if not (text.startswith(upto) and upto.startswith(prefix)):
-                raise DataError(
-                    "the chat template does not render a conversation as a prefix of its "
-                    "continuation, so the assistant turns cannot be located; use a template "
-                    "that does (most do), or prompt/completion rows."
-                )
-            spans.append((len(prefix), len(upto)))
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        labels = [
-            tok if any(start <= s < end for start, end in spans) else IGNORE_INDEX
-            for tok, (s, _) in zip(ids, enc["offset_mapping"], strict=True)
-        ]
-        if self.options.append_eos and eos not in [t for t in labels if t != IGNORE_INDEX][-3:]:
-            ids.append(eos)
-            labels.append(eos)
+        spans = answer_spans(tokenizer, messages, text)
+        enc = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True)
+        ids, labels, closed = _label_spans(enc, spans, specials)
+        if self.options.append_eos and not closed:
+            ids, labels = [*ids, eos], [*labels, eos]
         return ids, labels
+
+
+def _label_spans(enc: Any, spans: list[AnswerSpan], specials: set[int]) -> tuple[list[int], list[int], bool]:
+    """``(ids, labels, closed)`` for a tokenized text and its answer spans, cut after the last one.
+
+    A token is trained when it overlaps an answer's content (so a token that straddles the
+    prompt/answer boundary is trained: it holds answer text); then, within the rest of the turn,
+    everything up to and including the first special token (the end-of-turn marker). ``closed``:
+    the last answer ended with such a marker.
+    """
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    seq = enc.sequence_ids(0)
+    labels = [IGNORE_INDEX] * len(ids)
+    cut, closed = len(ids), False
+    for span in spans:
+        text = [j for j in range(len(ids)) if seq[j] is not None]  # not added by the tokenizer (a BOS)
+        content = [
+            j for j in text
+            if max(offsets[j][0], span.start) < min(offsets[j][1], span.content_end)
+            or (offsets[j][0] == offsets[j][1] and span.start <= offsets[j][0] < span.content_end)
+        ]
+        after = content[-1] if content else -1
+        tail = [j for j in text if j > after and span.content_end <= offsets[j][0] < span.turn_end]
+        marker = next((k for k, j in enumerate(tail) if ids[j] in specials), None)
+        closed = marker is not None
+        trained = content + (tail[: marker + 1] if marker is not None else [])
+        for j in trained:
+            labels[j] = ids[j]
+        if trained:
+            cut = trained[-1] + 1
+        else:  # an empty answer and no marker: the sequence ends where the answer would start
+            cut = next((j for j in text if offsets[j][0] >= span.start), text[-1] + 1 if text else len(ids))
+    return ids[:cut], labels[:cut], closed
 
 
 class CausalLMOptions(PartOptions):
@@ -121,7 +166,8 @@ class CausalLMOptions(PartOptions):
 class CausalLMObjective:
     """Self-supervised language modelling: the loss is taken on every token.
 
-    Each text is closed by EOS. Long texts are split into blocks of ``max_length``; with
+    Each text is closed by EOS (unless it already ends with one, as Mistral-style chat renders
+    do). A text that begins with BOS (a chat template that writes it) gets no second one. Long texts are split into blocks of ``max_length``; with
     ``packing`` the texts are concatenated first, so blocks are full.
     """
 
@@ -146,7 +192,7 @@ class CausalLMObjective:
             return [p + c for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
 
         def blocks(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-            docs = [ids + [eos] for ids in tokenizer(texts(batch), add_special_tokens=True)["input_ids"]]
+            docs = [ids if ids[-1:] == [eos] else [*ids, eos] for ids in _tokenize_texts(tokenizer, texts(batch))]
             streams = [[t for d in docs for t in d]] if self.options.packing else docs
             chunks = [s[i : i + max_length] for s in streams for i in range(0, len(s), max_length)]
             return {"input_ids": chunks, "labels": [list(c) for c in chunks], "length": [len(c) for c in chunks]}
@@ -155,6 +201,18 @@ class CausalLMObjective:
         return rows.map(
             blocks, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenizing (causal-lm)"
         )
+
+
+def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, with special tokens on except where the text begins with BOS."""
+    flags = [adds_special_tokens(tokenizer, t) for t in texts]
+    out: list[list[int]] = [[] for _ in texts]
+    for flag in (True, False):
+        chosen = [i for i, f in enumerate(flags) if f is flag]
+        if chosen:
+            for i, ids in zip(chosen, tokenizer([texts[i] for i in chosen], add_special_tokens=flag)["input_ids"], strict=True):
+                out[i] = list(ids)
+    return out
 
 
 @hookimpl
