@@ -96,19 +96,99 @@ def materialize(source: ModelSource) -> ModelSource:
         return source
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it was raised from or during, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+_CORRUPT_HINTS = (
+    "no file named", "does not appear to have a file named", "not a valid json file", "couldn't instantiate the backend tokenizer",
+    "unable to load weights", "error while deserializing", "invalid header", "incomplete metadata", "file is too small",
+)
+_ARCHITECTURE_HINTS = ("does not recognize this architecture", "unrecognized configuration class", "unrecognized model")
+
+
 def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadError:
-    if source.kind == "hub":
+    """A :class:`ModelLoadError` that says which of these went wrong, and what to do: the hub id is
+    unknown, or not cached while offline; the model is gated or the token may not read it; the
+    files are missing or corrupt; the architecture is one this transformers does not know. The
+    caller chains ``exc`` as the cause."""
+    import transformers
+    from huggingface_hub import errors as hub
+
+    chain = _causes(exc)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    where = f"the {what} {source.path!r}" if source.kind == "hub" else f"the {what} at {source.path!r}"
+    detail = _first_line(chain[0]) + (f"; {_first_line(chain[-1])}" if len(chain) > 1 else "")
+    status = next((getattr(getattr(e, "response", None), "status_code", None) for e in chain if isinstance(e, hub.HfHubHTTPError)), None)
+
+    if any(isinstance(e, hub.GatedRepoError) for e in chain) or status == 403:
+        page = f"https://huggingface.co/{source.path}"
+        return ModelLoadError(
+            f"{where} is gated, or your token may not read it ({detail}). Accept its terms at {page} "
+            "with your account, then set HF_TOKEN to a token of that account (or run `hf auth login`)."
+        )
+    if any(isinstance(e, hub.RevisionNotFoundError) for e in chain):
+        return ModelLoadError(
+            f"{where} has no revision {detail}. Check the branch, tag or commit given as revision."
+        )
+    if any(isinstance(e, hub.RepositoryNotFoundError) for e in chain):
+        return ModelLoadError(
+            f"{where} is not on the Hugging Face hub, or it is private and no token with access is set ({detail}). "
+            "Check the id (owner/name); for a private model set HF_TOKEN. A local directory must exist "
+            "at that path (or start the path with ./)."
+        )
+    if any(isinstance(e, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)) for e in chain) or (
+        source.kind == "hub" and ({"ConnectError", "ConnectTimeout", "NetworkError", "ReadTimeout"} & names)
+    ):
         from tunekit.errors import join_names
         from tunekit.plugins import get_registry
 
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
         aliases = get_registry("model_alias").names()
         return ModelLoadError(
-            f"could not load the {what} {source.path!r} from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Check the "
-            "id, your network and HF_TOKEN for gated models; offline, pass a local model "
+            f"{where} is not in the local Hugging Face cache and the hub "
+            f"{'is switched off (HF_HUB_OFFLINE=1)' if offline else 'cannot be reached'} ({detail}). "
+            "Download it once with network access (and HF_HUB_OFFLINE unset), or pass a local model "
             f"directory, a .gguf file or a model alias ({join_names(aliases)}) instead."
         )
-    return ModelLoadError(f"could not load the {what} from {source.path!r} ({type(exc).__name__}: {exc}).")
+    if any(hint in text for hint in _ARCHITECTURE_HINTS):
+        import re
+
+        found = re.search(r"model type `([^`]+)`", text)
+        kind = f"model type {found.group(1)!r}" if found else "architecture"
+        return ModelLoadError(
+            f"{where} has a {kind} that transformers {transformers.__version__} cannot load as a causal LM "
+            f"({detail}). Upgrade transformers (pip install -U transformers) if the model is newer than it; "
+            "pass trust_remote_code=True only if the model ships its own code and you trust it; an "
+            "encoder-only or sequence-to-sequence model cannot be tuned as a causal LM."
+        )
+    if {"JSONDecodeError", "SafetensorError", "EntryNotFoundError", "RemoteEntryNotFoundError", "UnpicklingError"} & names or any(
+        hint in text for hint in _CORRUPT_HINTS
+    ):
+        fix = (
+            "Delete its entry in the Hugging Face cache (`hf cache delete`) and download it again."
+            if source.kind == "hub"
+            else "Save it again with save_pretrained (for the model and its tokenizer), or copy the missing files in."
+        )
+        return ModelLoadError(f"the {what} files at {source.path!r} are missing or corrupt ({detail}). {fix}")
+    if source.kind == "hub":
+        return ModelLoadError(
+            f"could not load {where} from the Hugging Face hub ({detail}). Check the id, your network and "
+            "HF_TOKEN; offline, pass a local model directory, a .gguf file or a model alias instead."
+        )
+    return ModelLoadError(f"could not load {where} ({detail}).")
 
 
 def load_tokenizer(
