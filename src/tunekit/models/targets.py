@@ -11,6 +11,7 @@ are the classes the model lists in ``_no_split_modules``; inside a block, the pa
 with weights are ``mlp`` (see :func:`tunekit.models.inspect.block_parts`). A mixture-of-experts
 block in transformers 5 keeps its experts as fused 3-D parameters, not Linear layers; ``mlp`` and
 ``all-linear`` take them too, as peft ``target_parameters``, so they are never silently skipped.
+Routers and one-output gates are not adapted by the groups (name a gate to adapt it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         for name, module in model.named_modules()
         if name and is_linear_layer(module) and name not in heads
     }
+
+
+def _is_scalar_gate(module: torch.nn.Module) -> bool:
+    """A linear layer with one output (Qwen2-MoE's ``shared_expert_gate``): a gate, not a projection.
+    The groups leave it out, as they leave out routers; a rank above 1 cannot fit it anyway."""
+    weight = getattr(module, "weight", None)
+    out = getattr(module, "out_features", None)
+    if out is None and weight is not None and weight.dim() == 2:
+        out = weight.shape[-1] if type(module).__name__ == "Conv1D" else weight.shape[0]
+    return out == 1
 
 
 def expert_parameters(model: torch.nn.Module) -> list[str]:
@@ -116,11 +127,11 @@ def _resolve_one(
     model: torch.nn.Module, layers: dict[str, torch.nn.Module], experts: list[str], target: str
 ) -> Targets:
     if target == "all-linear":
-        return Targets(list(layers), list(experts))
+        return Targets([n for n, m in layers.items() if not _is_scalar_gate(m)], list(experts))
     if target in ("attention", "mlp"):
         prefixes = _group_prefixes(model)[target]
         found = Targets(
-            [n for n in layers if _under(n, prefixes)],
+            [n for n, m in layers.items() if _under(n, prefixes) and not _is_scalar_gate(m)],
             [p for p in experts if _under(p.rpartition(".")[0], prefixes)],
         )
         if found or target == "attention":
