@@ -40,3 +40,31 @@ def _fresh_plugins():
 def quick(**training) -> dict:
     """Training options for fast tests."""
     return {"max_steps": 6, "batch_size": 8, "logging_steps": 1, "progress_bar": False, **training}
+
+
+def snapshot(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``path`` (directories map to ``"dir"``, symlinks
+    to ``"link -> target"``); ``{}`` when nothing is there. Compare two snapshots to prove that an
+    action changed nothing on disk."""
+    import hashlib
+
+    root = Path(path)
+    if not root.exists() and not root.is_symlink():
+        return {}
+    if root.is_file():
+        return {".": hashlib.sha256(root.read_bytes()).hexdigest()}
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in dirnames:
+            full = Path(dirpath) / name
+            rel = os.path.relpath(full, root)
+            out[rel + os.sep] = f"link -> {os.readlink(full)}" if full.is_symlink() else "dir"
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = os.path.relpath(full, root)
+            if full.is_symlink():
+                out[rel] = f"link -> {os.readlink(full)}"
+            else:
+                out[rel] = hashlib.sha256(full.read_bytes()).hexdigest()
+    return out

@@ -17,8 +17,6 @@ and every problem in a configuration is reported together, with dotted locations
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +30,13 @@ from pydantic import (
     model_validator,
 )
 
-from tunekit.errors import ConfigError, Problem, TunekitError, UnknownPartError
+from tunekit.errors import ConfigError, Problem, UnknownPartError
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+# Floats must be finite: epochs=inf would train forever, and nan compares false with every bound.
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+MAX_SEED = 2**32 - 1
+"""numpy seeds with 32-bit values; a bigger seed would fail deep inside set_seed."""
 
 
 class PartSpec(BaseModel):
@@ -63,7 +65,13 @@ class PartSpec(BaseModel):
                     "a part given as a mapping needs a 'name' key, e.g. {'name': 'lora', 'rank': 16}"
                 )
             name = data.pop("name")
-            options = dict(data.pop("options", {}) or {})
+            options = data.pop("options", {}) or {}
+            if not isinstance(options, Mapping):
+                raise ValueError(
+                    f"'options' must be a mapping of the part's options, got {type(options).__name__}; "
+                    "or give the options next to 'name', e.g. {'name': 'lora', 'rank': 16}"
+                )
+            options = dict(options)
             options.update(data)
             return {"name": name, "options": options}
         raise ValueError(
@@ -143,7 +151,9 @@ class TrainingOptions(BaseModel):
         default=512, ge=8, description="Longest sequence in tokens; longer rows are truncated "
         "(sft) or split into blocks (causal-lm)."
     )
-    seed: int = Field(default=42, ge=0, description="Seed for weights init, shuffling and dropout.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="Seed for weights init, shuffling and dropout (0 to 2^32 - 1)."
+    )
     logging_steps: int = Field(default=10, ge=1, description="Log the loss every N steps.")
     eval_steps: int | None = Field(
         default=None, ge=1, description="Evaluate every N steps (None: once at the end)."
@@ -283,38 +293,45 @@ class _Problems(ValueError):
         super().__init__("; ".join(map(str, problems)))
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML, TOML or JSON config file into a mapping, with clear errors for bad syntax."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem(str(path), "config file not found; check the path")])
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(str(path), f"is not UTF-8 text ({exc.reason})")]) from None
-    try:
-        if suffix in {".yaml", ".yml"}:
-            import yaml
+def model_max_positions(model: Any) -> tuple[int, str] | None:
+    """The longest sequence ``model`` can embed, with the config field that says so
+    (``max_position_embeddings`` or ``n_positions``), or None when its config names none."""
+    config = getattr(model, "config", None)
+    for field in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, field
+    return None
 
-            data = yaml.safe_load(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(
-                [Problem(str(path), "unsupported config file type; use .yaml, .yml, .toml or .json")]
-            )
-    except TunekitError:
-        raise
-    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError
-        raise ConfigError([Problem(str(path), f"could not be parsed: {exc}")]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [Problem(str(path), f"must hold a mapping of options at the top, got {type(data).__name__}")]
-        )
-    return data
+
+def clamp_max_length(config: TuneConfig, model: Any) -> TuneConfig:
+    """``config`` with ``training.max_length`` lowered to the model's position limit (logging a
+    warning), or ``config`` itself when it fits. Longer sequences would index past the position
+    embeddings inside the forward pass. The caller's config object is never changed."""
+    import logging
+
+    found = model_max_positions(model)
+    if found is None or config.training.max_length <= found[0]:
+        return config
+    limit, field = found
+    logging.getLogger(__name__).warning(
+        "tunekit: training.max_length=%d is longer than the model's %d positions (config.%s); "
+        "using max_length=%d. Set training.max_length to at most %d to silence this warning.",
+        config.training.max_length, limit, field, limit, limit,
+    )
+    training = config.training.model_copy(update={"max_length": limit})
+    return config.model_copy(update={"training": training})
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON config file into a mapping, with clear errors for bad syntax.
+
+    Reading is bounded and strict (see :mod:`tunekit.config_files`): a size cap, limited YAML
+    aliases, string keys only, no key given twice, and no ``overwrite`` key.
+    """
+    from tunekit.config_files import read_config_file as read
+
+    return read(path)
 
 
 def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:

@@ -91,7 +91,7 @@ class PreflightReport(BaseModel):
             ]
         if self.label_samples:
             out.append(f"  what the model learns from ({MARK_OPEN}trained{MARK_CLOSE}):")
-            out += ["    " + sample.replace("\n", "\\n") for sample in self.label_samples]
+            out += ["    " + _cut_sample(sample) for sample in self.label_samples]
         if self.params_by_block:
             out.append("  trainable parameters by block (trainable / total):")
             out += [f"    {name:<18} {line}" for name, line in _collapsed_blocks(self.params_by_block)]
@@ -105,6 +105,18 @@ class PreflightReport(BaseModel):
         if not self.findings:
             out.append("  no problems found")
         return "\n".join(out)
+
+
+MAX_SAMPLE_CHARS = 2000
+"""A label sample longer than this is cut in the summary (a single row can be megabytes)."""
+
+
+def _cut_sample(sample: str) -> str:
+    """One line of the summary: newlines shown as ``\\n``, cut to MAX_SAMPLE_CHARS with the count cut."""
+    if len(sample) > MAX_SAMPLE_CHARS:
+        cut = len(sample) - MAX_SAMPLE_CHARS
+        return sample[:MAX_SAMPLE_CHARS].replace("\n", "\\n") + f" ... [{cut:,} more characters cut]"
+    return sample.replace("\n", "\\n")
 
 
 def _collapsed_blocks(groups: list[ParamGroup]) -> list[tuple[str, str]]:

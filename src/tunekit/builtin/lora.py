@@ -17,12 +17,13 @@ if TYPE_CHECKING:
 class LoraOptions(PartOptions):
     rank: int = Field(default=8, ge=1, description="Rank r of the low-rank update.")
     alpha: float | None = Field(
-        default=None, gt=0, description="Scaling numerator lora_alpha; None uses 2 x rank."
+        default=None, gt=0, allow_inf_nan=False, description="Scaling numerator lora_alpha; None uses 2 x rank."
     )
     dropout: float = Field(
         default=0.0,
         ge=0,
         lt=1,
+        allow_inf_nan=False,
         description=(
             "Dropout on the adapter input. 0 (the default) skips the dropped copy of every adapted layer's input "
             "that dropout keeps for the backward pass: about a quarter less peak memory and 1.1-1.2x faster in "
@@ -50,6 +51,24 @@ class LoraOptions(PartOptions):
         return self
 
 
+def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> None:
+    """A ``ConfigError`` when ``rank`` exceeds a target layer's smaller dimension: such an update
+    is no longer low-rank, only slower, and a huge rank fails deep inside torch."""
+    from tunekit.errors import ConfigError, Problem
+
+    modules = dict(model.named_modules())
+    smallest: tuple[int, str] | None = None
+    for name in targets:
+        shape = getattr(getattr(modules.get(name), "weight", None), "shape", None)
+        if shape is not None and len(shape) == 2 and (smallest is None or min(shape) < smallest[0]):
+            smallest = (int(min(shape)), name)
+    if smallest is not None and rank > smallest[0]:
+        raise ConfigError([Problem("strategy.rank", (
+            f"rank {rank} is larger than the adapted layer {smallest[1]!r}, whose smaller dimension is "
+            f"{smallest[0]}; use a rank of at most {smallest[0]} (typically 4-64), or adapt other layers"
+        ))])
+
+
 class LoraStrategy:
     """LoRA adapters on the chosen layers; the base weights stay frozen and unchanged."""
 
@@ -72,6 +91,7 @@ class LoraStrategy:
 
         o = self.options
         targets = resolve_targets(model, o.target_modules)
+        check_rank_fits(model, targets.modules, o.rank)
         modules = dict(model.named_modules())
         conv1d = any(type(modules[t]).__name__ == "Conv1D" for t in targets.modules)
         if targets.parameters:

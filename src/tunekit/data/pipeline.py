@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunekit.data.rows import normalise_rows
+from tunekit.data.rows import normalise_rows, split_sizes
 from tunekit.errors import ConfigError, DataError, Problem, join_names
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ def prepare_rows(train: Any, eval: Any, options: DataOptions, *, seed: int) -> P
         if eval_fmt != fmt:
             raise DataError(f"the eval rows are in the {eval_fmt!r} format but the training rows in {fmt!r}; use one format.")
     elif options.eval_fraction:
-        if len(train_rows) < 2:
-            raise DataError("data.eval_fraction needs at least 2 training rows to split.")
+        split_sizes(len(train_rows), options.eval_fraction)  # a DataError when a side would be empty
         split = train_rows.train_test_split(test_size=options.eval_fraction, seed=seed)
         train_rows, eval_rows = split["train"], split["test"]
     return PreparedRows(fmt, train_rows, eval_rows, loaded.description)

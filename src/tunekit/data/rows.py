@@ -67,13 +67,23 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
     """
     if len(rows) == 0:
         raise DataError(f"{where} is empty: give at least one row.")
+    leaked = [c for c in rows.column_names if c.startswith("__index_level_")]
+    if leaked:
+        # pandas turns the extra leading fields of rows longer than the header into an index,
+        # which would silently shift every value one column over.
+        raise DataError(
+            f"{where} has rows with more fields than its header (they came out as the columns {leaked}); "
+            "in a CSV file, quote every field that contains a comma, and give each row as many fields as the header."
+        )
     if columns:
         missing = [c for c in columns if c not in rows.column_names]
         if missing:
             raise DataError(
                 f"data.columns renames {missing}, but {where} has only the columns {rows.column_names}."
             )
-        rows = rows.rename_columns(dict(columns))
+        renames = check_renames(columns, rows.column_names, where)
+        if renames:
+            rows = rows.rename_columns(renames)
     fmt = detect_format(rows.column_names)
     if fmt == "chat":
         rows = rows.select_columns(["messages"])
@@ -101,6 +111,53 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         for key in keep:
             _check_str(row[key], f"{where} row {i}, column {key!r}")
     return fmt, rows
+
+
+def check_renames(columns: Mapping[str, str], existing: list[str], where: str = "data") -> dict[str, str]:
+    """The renames of ``data.columns`` to apply (``{old: new}``, renames to itself left out), or a
+    ``DataError`` when two columns would end up with the same name: two renamed to one name, or one
+    renamed onto a column that stays (datasets would keep both, under one name)."""
+    renames = {old: new for old, new in columns.items() if old != new}
+    empty = [old for old, new in renames.items() if not new]
+    if empty:
+        raise DataError(f"data.columns renames {empty} to an empty name; give every column a name.")
+    targets: dict[str, list[str]] = {}
+    for old, new in renames.items():
+        targets.setdefault(new, []).append(old)
+    for new, olds in targets.items():
+        if len(olds) > 1:
+            raise DataError(
+                f"data.columns renames {sorted(olds)} all to {new!r}; a column name can be used once. "
+                "Rename only the column that holds the data, and drop or rename the others."
+            )
+    kept = set(existing) - set(renames)
+    clashes = sorted(new for new in targets if new in kept)
+    if clashes:
+        old = targets[clashes[0]][0]
+        raise DataError(
+            f"data.columns renames {old!r} to {clashes[0]!r}, but {where} already has a column "
+            f"{clashes[0]!r}; two columns would share the name. Rename or drop the existing "
+            f"{clashes[0]!r} column too (e.g. columns={{{clashes[0]!r}: 'unused_{clashes[0]}', {old!r}: {clashes[0]!r}}})."
+        )
+    return renames
+
+
+def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
+    """``(train, eval)`` row counts of holding out ``fraction`` of ``rows`` (as datasets'
+    ``train_test_split`` does: the eval count rounds up), or a ``DataError`` when either is 0."""
+    import math
+
+    held_out = math.ceil(fraction * rows)
+    train = rows - held_out
+    if rows < 2:
+        raise DataError("data.eval_fraction needs at least 2 training rows to split.")
+    if train < 1 or held_out < 1:
+        raise DataError(
+            f"data.eval_fraction={fraction:g} of {rows} rows holds out {held_out} for evaluation and "
+            f"leaves {train} training row(s); every split needs at least one row. Lower "
+            "data.eval_fraction, add rows, or give eval data explicitly."
+        )
+    return train, held_out
 
 
 def _check_str(value: Any, where: str) -> None:

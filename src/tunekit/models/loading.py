@@ -85,15 +85,46 @@ def materialize(source: ModelSource) -> ModelSource:
     """The source to load from: a .gguf file's converted cache directory (converting it on first
     use), or ``source`` itself. With ``TUNEKIT_GGUF_CACHE=0``, or when the cache cannot be written,
     a .gguf file is de-quantized on every load instead."""
+    if source.kind == "gguf":
+        _check_gguf_magic(Path(source.path) / str(source.gguf_file))
     if source.kind != "gguf" or os.environ.get("TUNEKIT_GGUF_CACHE", "1").lower() in {"0", "false", "no", "off"}:
         return source
     from tunekit.models.gguf_cache import convert_gguf
 
+    gguf = Path(source.path) / str(source.gguf_file)
     try:
-        return ModelSource("local", str(convert_gguf(Path(source.path) / str(source.gguf_file))))
+        return ModelSource("local", str(convert_gguf(gguf)))
     except OSError as exc:
         log.warning("tunekit: cannot cache the converted GGUF model (%s); loading it directly.", exc)
         return source
+    except Exception as exc:  # the gguf reader's ValueError / struct.error / KeyError on a damaged file
+        raise _garbage_gguf(gguf, exc) from exc
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _garbage_gguf(gguf: Path, exc: BaseException | None) -> ModelLoadError:
+    why = f" ({type(exc).__name__}: {str(exc)[:200]})" if exc is not None else ""
+    return ModelLoadError(
+        f"{str(gguf)!r} could not be read as a GGUF model{why}. Check that it is a complete .gguf model "
+        "file (download it again if it may have been cut short), or give a model directory or hub id."
+    )
+
+
+def _check_gguf_magic(gguf: Path) -> None:
+    """A ``ModelLoadError`` naming the file when it does not even start like a GGUF file."""
+    try:
+        with gguf.open("rb") as fh:
+            head = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise _garbage_gguf(gguf, exc) from exc
+    if head != GGUF_MAGIC:
+        what = "is empty" if not head else f"does not start with the GGUF magic bytes (starts with {head!r})"
+        raise ModelLoadError(
+            f"{str(gguf)!r} {what}, so it is not a GGUF model file. Check the path, download it again "
+            "if it may have been cut short, or give a model directory or hub id."
+        )
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
