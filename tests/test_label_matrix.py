@@ -180,3 +180,72 @@ def test_render_generation_prompt_adds_bos_only_when_the_template_does_not():
     assert text.startswith("<|begin_of_text|>") and add_special is False
     chatml = build_family_tokenizer("chatml")
     assert render_generation_prompt(chatml, [USER_1])[1] is True  # no BOS to add: nothing changes
+
+
+EMPTY_ANSWER_ROWS = {
+    "prompt_completion": [
+        {"prompt": "Reverse: red cat dog\nAnswer:", "completion": " dog cat red"},
+        {"prompt": "Reverse: one two\nAnswer:", "completion": ""},
+        {"prompt": "Reverse: six ten\nAnswer:", "completion": "  "},
+    ],
+    "chat": [
+        {"messages": [USER_1, ANSWER_1]},
+        {"messages": [USER_2, {"role": "assistant", "content": ""}]},
+        {"messages": [SYSTEM, USER_2, {"role": "assistant", "content": " \n"}]},
+    ],
+}
+
+
+@pytest.mark.parametrize("fmt", list(EMPTY_ANSWER_ROWS))
+@pytest.mark.parametrize("name", ["gpt2", "mistral", "chatml"])
+def test_empty_answers_are_rows_with_nothing_to_train(name, fmt):
+    from tunekit.builtin.objectives import SFTObjective
+    from tunekit.preflight import label_findings, token_stats
+
+    tok = build_family_tokenizer(name)
+    rows = Dataset.from_list(EMPTY_ANSWER_ROWS[fmt])
+    stats, full = token_stats(SFTObjective(SFTOptions()), rows, tok, 512)
+    assert stats.rows == 3 and stats.rows_without_trained_tokens == 2
+    errors = [f for f in label_findings("sft", full, tok) if f.severity == "error"]
+    assert [f.code for f in errors] == ["rows-with-empty-answers"]
+    assert "2 of 3 rows" in errors[0].message and "first: row 1" in errors[0].message
+
+
+def test_empty_answer_row_is_named_by_its_index_after_dropped_rows():
+    from tunekit.preflight import label_findings
+
+    tok = build_family_tokenizer("gpt2")
+    rows = Dataset.from_list([
+        {"prompt": "red " * 60, "completion": " blue"},  # longer than max_length: dropped
+        *EMPTY_ANSWER_ROWS["prompt_completion"][::-1],
+    ])
+    out = SFTObjective(SFTOptions()).tokenize(rows, tok, max_length=32)
+    assert len(out) == 3
+    (error,) = [f for f in label_findings("sft", out, tok) if f.severity == "error"]
+    assert "2 of 3 rows" in error.message and "first: row 1" in error.message
+
+
+def test_an_end_of_turn_token_other_than_eos_counts_as_trained_end():
+    from tunekit.preflight import label_findings
+
+    tok = build_family_tokenizer("chatml")  # EOS <|endoftext|>, turns end with <|im_end|>
+    out = SFTObjective(SFTOptions()).tokenize(Dataset.from_list([ROWS["chat_with_system"]] * 2), tok, max_length=256)
+    assert tok.eos_token_id not in out[0]["labels"]
+    assert not [f for f in label_findings("sft", out, tok) if f.code == "eos-not-trained"]
+
+
+def test_fit_stops_on_empty_answers(tiny_gpt2, tmp_path):
+    from tests.conftest import quick
+
+    from tunekit import Tuner
+    from tunekit.preflight import PreflightError
+    from tunekit.testing import sft_rows
+
+    rows = [*sft_rows(6), {"prompt": "Reverse: red cat dog\nAnswer:", "completion": ""}]
+    tuner = Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "r"), training=quick(max_steps=1))
+    report = tuner.preflight(rows, estimate=False)
+    assert "rows with nothing to train: 1" in report.summary()
+    assert "rows-with-empty-answers" in [f.code for f in report.errors]
+    with pytest.raises(PreflightError, match=r"(?s)rows-with-empty-answers.*1 of 7 rows.*first: row 6"):
+        tuner.fit(rows)
+    assert tuner.fit(rows, ignore_preflight_errors=True).steps == 1

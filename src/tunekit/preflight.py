@@ -153,16 +153,20 @@ def _without_packing(objective: Any) -> Any:
 def token_stats(objective: Any, rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[TokenStats, Dataset]:
     """Per-row statistics of the objective's output, measured without truncation."""
     full = _without_packing(objective).tokenize(rows, tokenizer, max_length=NO_LIMIT)
+    no_answer = set(_rows_with_empty_answers(full, tokenizer))
     trained_all, over, empty, tokens = [], 0, 0, 0
-    for ids, labels in zip(full["input_ids"], full["labels"], strict=True):
+    for j, (ids, labels) in enumerate(zip(full["input_ids"], full["labels"], strict=True)):
         tokens += len(ids)
         trained_all.append(sum(1 for x in labels if x != IGNORE_INDEX))
         over += len(ids) > max_length
-        empty += not any(x != IGNORE_INDEX for x in labels[:max_length])
+        empty += j in no_answer or not any(x != IGNORE_INDEX for x in labels[:max_length])
+    dropped = max(0, len(rows) - len(full))  # rows the objective dropped: nothing to train in them either
     stats = TokenStats(
-        rows=len(full), tokens=tokens, trained_tokens=sum(trained_all),
-        trained_per_row_min=min(trained_all, default=0), trained_per_row_median=statistics.median(trained_all) if trained_all else 0,
-        trained_per_row_max=max(trained_all, default=0), rows_over_max_length=over, rows_without_trained_tokens=empty, max_length=max_length,
+        rows=len(full) + dropped, tokens=tokens, trained_tokens=sum(trained_all),
+        trained_per_row_min=min(trained_all, default=0) if not dropped else 0,
+        trained_per_row_median=statistics.median(trained_all + [0] * dropped) if trained_all or dropped else 0,
+        trained_per_row_max=max(trained_all, default=0), rows_over_max_length=over,
+        rows_without_trained_tokens=empty + dropped, max_length=max_length,
     )
     return stats, full
 
@@ -184,11 +188,34 @@ def marked_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], labels: list
     return "".join(parts)
 
 
+def _rows_with_empty_answers(full: Dataset, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Positions in ``full`` of rows with a prompt that train nothing but end tokens: an empty or
+    blank answer. (Rows without a masked prompt are raw text, trained whole.)"""
+    from tunekit.data.chat import answer_is_empty, special_ids
+
+    specials = special_ids(tokenizer)
+    return [
+        j for j, (ids, labels) in enumerate(zip(full["input_ids"], full["labels"], strict=True))
+        if IGNORE_INDEX in labels
+        and answer_is_empty(tokenizer, [t for t, x in zip(ids, labels, strict=True) if x != IGNORE_INDEX], specials)
+    ]
+
+
 def label_findings(objective_name: str, full: Dataset, tokenizer: PreTrainedTokenizerBase) -> list[Finding]:
+    from tunekit.data.chat import end_of_turn_id
+
     findings: list[Finding] = []
     eos = tokenizer.eos_token_id
+    empty = _rows_with_empty_answers(full, tokenizer)
+    if empty:
+        first = full[empty[0]]["row"] if "row" in full.column_names else empty[0]
+        findings.append(Finding(severity="error", code="rows-with-empty-answers", message=(
+            f"{len(empty)} of {len(full)} rows have an empty answer (first: row {first}): they train only the "
+            "end token, so their loss is near 0 and they teach the model to answer nothing; fill in or drop them.")))
     if objective_name == "sft" and eos is not None:
-        missing = sum(1 for labels in full["labels"] if eos not in [x for x in labels if x != IGNORE_INDEX])
+        # A turn closed by the template's own end-of-turn token (<|im_end|>, <|eot_id|>) ends the answer too.
+        ends = {eos} | ({eot} if (eot := end_of_turn_id(tokenizer)) is not None else set())
+        missing = sum(1 for labels in full["labels"] if not ends & {x for x in labels if x != IGNORE_INDEX})
         if missing == len(full) and len(full):
             findings.append(Finding(severity="error", code="eos-not-trained", message=(
                 f"no row trains the EOS token {tokenizer.eos_token!r}, so the tuned model will not learn to "
