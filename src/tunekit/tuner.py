@@ -353,8 +353,12 @@ class Tuner:
                 precision=self.precision.name,
                 output_dir=str(run.path),
             )
-            if run.main:  # under torchrun every rank holds the same weights; one writes
-                self.save(run.work / "model", overwrite=True)
+            from tunekit.training.distributed import gathered_state_dict, saving_state_dict
+
+            full_weights = gathered_state_dict(self.model)  # every rank: a collective under FSDP / ZeRO-3; None otherwise
+            if run.main:  # under torchrun every rank holds the same weights (or gathered them); one writes
+                with saving_state_dict(self.model, full_weights):
+                    self.save(run.work / "model", overwrite=True)
                 run.record("model")
                 with run.writing(RUN_RESULT) as file:
                     file.write_text(result.model_dump_json(indent=2))
@@ -470,10 +474,12 @@ class Tuner:
                 "For unconditioned text, pass the BOS token explicitly: generate(tuner.tokenizer.bos_token)."
             )
         check_positive_int("generate", max_new_tokens=generate_kwargs.get("max_new_tokens"))
-        tokenizer, model = self.tokenizer, self.model
+        from tunekit.training.distributed import inference_module
+
+        tokenizer = self.tokenizer
         text, add_special = render_generation_prompt(tokenizer, prompt)
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
-        device = next(model.parameters()).device
+        device = next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
         kwargs: dict[str, Any] = {
             "max_new_tokens": 64,
@@ -482,13 +488,15 @@ class Tuner:
             "eos_token_id": tokenizer.eos_token_id,
         }
         kwargs.update(generate_kwargs)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model.generate(**enc, **kwargs)  # type: ignore[operator]
-        finally:
-            model.train(was_training)
+        # after a sharded (FSDP / ZeRO-3) fit, every rank calls generate together
+        with inference_module(self.model) as model:
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    out = model.generate(**enc, **kwargs)  # type: ignore[operator]
+            finally:
+                model.train(was_training)
         return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
 
     # -- saving ---------------------------------------------------------------------------------
