@@ -130,3 +130,24 @@ def test_saving_a_gathered_state_dict_writes_it(tiny_gpt2, tmp_path):
     assert "save_pretrained" not in vars(model)  # the class's method again
     saved = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert saved and all(float(t.abs().sum()) == 0 for t in saved.values())
+
+
+def test_the_gpu_check_is_prepared_and_refuses_to_run_without_cuda():
+    """scripts/gpu-check.sh runs on a CUDA machine only: here its parts are compiled and imported,
+    and the script itself must stop loudly."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    shell = root / "scripts" / "gpu-check.sh"
+    assert subprocess.run(["bash", "-n", str(shell)], capture_output=True).returncode == 0
+    spec = importlib.util.spec_from_file_location("gpu_check", root / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports without running anything
+    assert callable(module.main) and callable(module.run_single) and callable(module.run_ranks)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run scripts/gpu-check.sh itself")
+    proc = subprocess.run(["bash", str(shell)], capture_output=True, text=True, env={**__import__("os").environ, "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA" in proc.stderr
