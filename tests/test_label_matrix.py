@@ -17,7 +17,7 @@ from datasets import Dataset
 from tunekit.builtin.objectives import CausalLMObjective, CausalLMOptions, SFTObjective, SFTOptions
 from tunekit.data.chat import render_generation_prompt
 from tunekit.data.collate import IGNORE_INDEX
-from tunekit.data.rows import instruction_prompt, normalise_rows
+from tunekit.data.rows import normalise_rows
 from tunekit.testing.tokenizers import FAMILIES, build_family_tokenizer
 
 SYSTEM = {"role": "system", "content": "You reverse words."}

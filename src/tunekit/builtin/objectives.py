@@ -30,9 +30,12 @@ class SFTOptions(PartOptions):
 class SFTObjective:
     """Supervised fine-tuning: the loss is taken on the answer (assistant turns) only.
 
-    Prompt, system and user tokens are masked out (label -100). The EOS token closes every
-    answer and is trained, also when the tokenizer's pad token equals its EOS token (padding
-    is masked by position in the collator, never by token id).
+    Prompt, system and user tokens are masked out (label -100). Every answer is closed by a
+    trained end token: the chat template's end-of-turn token (``<|im_end|>``, ``<|eot_id|>``)
+    where it writes one, else EOS (``append_eos``; on chat rows only after the last answer, so
+    earlier turns read as the template writes them). This holds also when the tokenizer's pad
+    token equals its EOS token (padding is masked by position in the collator, never by token
+    id). Nothing after the last assistant turn is kept.
     """
 
     name: ClassVar[str] = "sft"

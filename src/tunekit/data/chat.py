@@ -116,9 +116,9 @@ def answer_spans(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, st
         if prompt is not None and upto.startswith(prompt):
             start = len(prompt)
         else:
-            marked = _render_or_none(tokenizer, [*messages[:i], {**message, "content": SENTINEL}])
-            at = marked.find(SENTINEL) if marked is not None else -1
-            if at >= 0 and upto.startswith(marked[:at]):  # type: ignore[index]
+            marked = _render_or_none(tokenizer, [*messages[:i], {**message, "content": SENTINEL}]) or ""
+            at = marked.find(SENTINEL)
+            if at >= 0 and upto.startswith(marked[:at]):
                 start = at
         if start is None or not text.startswith(upto):
             raise DataError(
