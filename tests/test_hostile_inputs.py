@@ -185,6 +185,7 @@ def billion_laughs() -> str:
 
 BOMB = billion_laughs()
 OWNERSHIP = pytest.mark.xfail(reason="lead: ownership", strict=False)
+"""For a case in the lead's area (output dirs, overwrite, resume, save, compare's directory) that does not pass yet."""
 MiB = 2**20
 
 
@@ -344,6 +345,7 @@ CASES = [
     case("jsonl-scalar-lines", data_file("n.jsonl", b"1\n2\n"), DataError, "n.jsonl"),
     case("jsonl-bad-utf8", data_file("u.jsonl", b'{"text": "caf\xe9"}\n'), DataError, "u.jsonl", "UTF-8", "line 1"),
     case("jsonl-wrong-columns", data_file("c.jsonl", b'{"question": "q", "answer": "a"}\n'), DataError, "'question'", "data.columns"),
+    case("jsonl-data-duplicate-key", data_file("d.jsonl", b'{"text": "a", "text": "b"}\n'), DataError, "d.jsonl", "twice"),
     case("json-scalar", data_file("s.json", b"5"), DataError, "s.json"),
     case("json-object-of-scalars", data_file("s.json", b'{"a": 1}'), DataError, "row format"),
     case("csv-header-only", data_file("h.csv", b"prompt,completion\n"), DataError, "h.csv"),
@@ -385,6 +387,8 @@ CASES = [
     case("generate-int", on_model(lambda t, ctx: t.generate(5)), DataError, "int"),
     case("generate-empty-chat", on_model(lambda t, ctx: t.generate([]), "llama"), DataError, "non-empty list"),
     case("generate-bad-role", on_model(lambda t, ctx: t.generate([{"role": "god", "content": "x"}]), "llama"), DataError, "'god'"),
+    case("generate-past-positions", on_model(lambda t, ctx: t.generate("red " * 40), "short"), DataError, "32 positions", "shorten the prompt"),
+    case("generate-new-tokens-past-positions", on_model(lambda t, ctx: t.generate("red blue", max_new_tokens=40), "short"), DataError, "max_new_tokens=40", "at most"),
     case("generate-max-new-tokens-zero", on_model(lambda t, ctx: t.generate("red", max_new_tokens=0)), ConfigError, "max_new_tokens"),
     # -- fit: every refusal comes before anything is written -------------------------------------------
     case("fit-eval-fraction-no-train-row", fit(sft_rows(3), data={"eval_fraction": 0.9}), DataError, "data.eval_fraction"),
@@ -394,8 +398,12 @@ CASES = [
     case("fit-file-missing", fit("missing.jsonl"), DataError, "missing.jsonl"),
     case("fit-sft-on-text", fit(text_rows(4), objective="sft"), ConfigError, "objective", "causal-lm"),
     case("fit-rows-over-max-length", fit([{"prompt": "red " * 300, "completion": " blue"}], training={"max_length": 16}), DataError, "max_length"),
-    case("fit-output-dir-is-file", lambda ctx: ctx.write("out", "user data") and (lambda: Tuner(model=str(ctx.gpt2), output_dir=str(ctx.tmp / "out"), training=quick()).fit(sft_rows(4))), TunekitError, "out", marks=OWNERSHIP),
-    case("save-onto-user-file", on_model(lambda t, ctx: t.save(ctx.write("keep.txt", "mine") and ctx.tmp / "keep.txt", overwrite=True)), TunekitError, "keep.txt", marks=OWNERSHIP),
+    case("fit-output-dir-is-file", lambda ctx: ctx.write("out", "user data") and (lambda p: lambda: Tuner(model=str(p), output_dir=str(ctx.tmp / "out"), training=quick()).fit(sft_rows(4)))(ctx.gpt2), TunekitError, "out"),
+    case("fit-overwrite-user-folder", lambda ctx: ctx.write("out/notes.txt", "mine") and fit(sft_rows(4), fit_kw={"overwrite": True})(ctx), TunekitError, "out"),
+    case("fit-resume-user-folder", lambda ctx: ctx.write("out/notes.txt", "mine") and fit(sft_rows(4), fit_kw={"resume": True})(ctx), TunekitError, "out"),
+    case("compare-overwrite-user-folder", lambda ctx: ctx.write("report/notes.txt", "mine") and (lambda p: lambda: __import__("tunekit").compare(model=str(p), candidates=["lora"], train=sft_rows(4), budget={"max_steps": 1}, output_dir=str(ctx.tmp / "report"), overwrite=True, progress=False))(ctx.gpt2), TunekitError, "report"),
+    case("save-onto-user-file", lambda ctx: ctx.write("keep.txt", "mine") and on_model(lambda t, ctx: t.save(ctx.tmp / "keep.txt", overwrite=True))(ctx), TunekitError, "keep.txt"),
+    case("save-onto-user-folder", lambda ctx: ctx.write("mine/notes.txt", "mine") and on_model(lambda t, ctx: t.save(ctx.tmp / "mine", overwrite=True))(ctx), TunekitError, "mine"),
 ]
 
 
@@ -421,6 +429,7 @@ def test_hostile_input_gets_a_clear_error_and_changes_nothing(action, error, fra
         assert fragment in message, f"{fragment!r} not in: {message}"
     assert "Traceback" not in message
     assert len(message) < 4000, f"the message is {len(message)} characters long"
+    assert len(ctx.watched) == len(before), "the case must load its model fixtures before the hostile call"
     after = {str(p): snapshot(p) for p in ctx.watched}
     assert after == before, "files changed on disk"
 

@@ -323,6 +323,23 @@ def clamp_max_length(config: TuneConfig, model: Any) -> TuneConfig:
     return config.model_copy(update={"training": training})
 
 
+def check_generation_fits(model: Any, prompt_tokens: int, max_new_tokens: Any) -> None:
+    """A ``DataError`` when a prompt of ``prompt_tokens`` plus ``max_new_tokens`` new tokens runs past
+    the model's positions (a model with learned position embeddings fails there with an IndexError)."""
+    from tunekit.errors import DataError
+
+    found = model_max_positions(model)
+    if found is None or not isinstance(max_new_tokens, int) or prompt_tokens + max_new_tokens <= found[0]:
+        return
+    limit, field = found
+    room = limit - prompt_tokens
+    fix = f"lower max_new_tokens to at most {room}" if room > 0 else "shorten the prompt"
+    raise DataError(
+        f"the prompt is {prompt_tokens} tokens and max_new_tokens={max_new_tokens}, but the model has only "
+        f"{limit} positions (config.{field}); {fix}."
+    )
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a YAML, TOML or JSON config file into a mapping, with clear errors for bad syntax.
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunekit.config import PartSpec, TuneConfig, clamp_max_length
+from tunekit.config import PartSpec, TuneConfig, check_generation_fits, clamp_max_length
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
 
@@ -488,6 +488,7 @@ class Tuner:
             "eos_token_id": tokenizer.eos_token_id,
         }
         kwargs.update(generate_kwargs)
+        check_generation_fits(self.model, int(enc["input_ids"].shape[1]), kwargs.get("max_new_tokens"))
         # after a sharded (FSDP / ZeRO-3) fit, every rank calls generate together
         with inference_module(self.model) as model:
             was_training = model.training
