@@ -370,7 +370,8 @@ CASES = [
     case("load-tunekit-yaml-missing", saved('{"format": "adapter"}', yaml_text=None), ModelLoadError, "tunekit.yaml"),
     case("load-not-a-save", lambda ctx: (lambda p: lambda: Tuner.load(p))(ctx.gpt2), ModelLoadError, "not a directory saved by tunekit"),
     case("lora-rank-above-width", load(strategy={"name": "lora", "rank": 1000}), ConfigError, "strategy.rank", "1000", "'transformer.h.0.attn.c_attn'", "64"),
-    case("lora-rank-above-width-llama", load("llama", strategy={"name": "lora", "rank": 33}), ConfigError, "strategy.rank", "k_proj", "32"),
+    case("lora-rank-above-width-llama", load("llama", strategy={"name": "lora", "rank": 65}), ConfigError, "strategy.rank", "most 64"),
+    case("lora-rank-above-k-proj-only", load("llama", strategy={"name": "lora", "rank": 33, "target_modules": ["k_proj", "v_proj"]}), ConfigError, "strategy.rank", "32"),
     case("lora-rank-above-mlp-only", load(strategy={"name": "lora", "rank": 65, "target_modules": "mlp"}), ConfigError, "strategy.rank", "mlp", "64"),
     case("lora-rank-above-width-preflight", lambda ctx: (lambda p: lambda: Tuner(model=str(p), strategy={"name": "lora", "rank": 999}).preflight(sft_rows(2)))(ctx.gpt2), ConfigError, "strategy.rank"),
     case("lora-rank-huge-fit", fit(sft_rows(4), strategy={"name": "lora", "rank": 10**9}), ConfigError, "strategy.rank"),
@@ -603,3 +604,10 @@ def test_snapshot_sees_contents_names_and_nested_files(tmp_path):
     (tmp_path / "a" / "b.txt").write_text("2")
     assert snapshot(tmp_path) != first
     assert snapshot(tmp_path / "missing") == {}
+
+
+def test_lora_rank_above_some_layers_only_warns(tiny_llama, caplog):
+    """k_proj/v_proj of the tiny Llama are 32 wide, q_proj 64: rank 48 is refused nowhere, but said."""
+    with caplog.at_level("WARNING"):
+        Tuner(model=str(tiny_llama), strategy={"name": "lora", "rank": 48}).model  # noqa: B018
+    assert "rank 48" in caplog.text and "k_proj" in caplog.text

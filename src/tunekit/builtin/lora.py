@@ -52,25 +52,33 @@ class LoraOptions(PartOptions):
 
 
 def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> None:
-    """A ``ConfigError`` when ``rank`` exceeds a target layer's smaller dimension: such an update
-    is no longer low-rank, only slower, and a huge rank fails deep inside torch."""
+    """A ``ConfigError`` when ``rank`` exceeds the smaller dimension of every adapted layer (the
+    update would not be low-rank anywhere, only slower, and a huge rank fails deep inside torch);
+    a warning when it exceeds only some (a mixture-of-experts router is a few outputs wide)."""
+    import logging
+
     from tunekit.errors import ConfigError, Problem
 
     modules = dict(model.named_modules())
-    smallest: tuple[int, str] | None = None
+    widths: dict[str, int] = {}
     for name in targets:
-        module = modules.get(name)
-        # a bitsandbytes 4-bit weight is stored packed as (n/2, 1): the layer's own features are its shape
-        shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
-        if None in shape:
-            shape = getattr(getattr(module, "weight", None), "shape", None)  # type: ignore[assignment]
-        if shape is not None and len(shape) == 2 and (smallest is None or min(shape) < smallest[0]):
-            smallest = (int(min(shape)), name)
-    if smallest is not None and rank > smallest[0]:
+        shape = getattr(getattr(modules.get(name), "weight", None), "shape", None)
+        if shape is not None and len(shape) == 2:
+            widths[name] = int(min(shape))
+    if not widths:
+        return
+    widest = max(widths, key=lambda n: widths[n])
+    if rank > widths[widest]:
         raise ConfigError([Problem("strategy.rank", (
-            f"rank {rank} is larger than the adapted layer {smallest[1]!r}, whose smaller dimension is "
-            f"{smallest[0]}; use a rank of at most {smallest[0]} (typically 4-64), or adapt other layers"
+            f"rank {rank} is larger than every adapted layer: the widest, {widest!r}, has a smaller "
+            f"dimension of {widths[widest]}; use a rank of at most {widths[widest]} (typically 4-64)"
         ))])
+    narrow = sorted(n for n, w in widths.items() if w < rank)
+    if narrow:
+        logging.getLogger(__name__).warning(
+            "tunekit: LoRA rank %d is larger than %d adapted layer(s), e.g. %r (smaller dimension %d); "
+            "their update is full-rank, not low-rank.", rank, len(narrow), narrow[0], widths[narrow[0]],
+        )
 
 
 class LoraStrategy:
