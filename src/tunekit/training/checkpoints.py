@@ -54,7 +54,7 @@ def safetensors_problem(path: Path) -> str | None:
                 return f"{path.name} is truncated ({size} bytes)"
             (length,) = struct.unpack("<Q", head)
             if length > size - 8 or length > 100 * 2**20:
-                return f"{path.name} has a header of {length} bytes in a file of {size}"
+                return f"{path.name} is truncated or not safetensors (a header of {length} bytes in a file of {size})"
             header = json.loads(fh.read(length))
     except (OSError, ValueError) as exc:
         return f"{path.name} cannot be read ({exc})"

@@ -160,6 +160,15 @@ def train(
     try:
         with PeakMemory(precision.device) as peak:
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as exc:
+        if resume_from and "state_dict" in str(exc):
+            from tunekit.training.resume import ResumeMismatchError
+
+            raise ResumeMismatchError(
+                f"the checkpoint {resume_from} does not fit this model ({str(exc).splitlines()[0]}); it was written "
+                "with another strategy, rank or base model. Resume with the run's own config, or start a new run."
+            ) from exc
+        raise
     finally:
         interrupt.uninstall()
         # What fit hands back is for inference (dropout off); the Trainer set train mode for its steps.
