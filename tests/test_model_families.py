@@ -265,24 +265,31 @@ def test_blocks_and_groups_come_from_structure_not_names() -> None:
 # --- one parameter count: fit, preflight and compare agree, 4-bit weights counted as weights
 
 
-def test_4bit_weights_count_as_weights(tiny_llama: Path) -> None:
-    from tunekit.models.inspect import count_parameters, weight_count
+def test_4bit_weights_count_as_weights(tiny_llama: Path, tmp_path: Path) -> None:
+    from tunekit.models.inspect import count_parameters
 
     # tiny Llama: hidden 64, intermediate 128, 4 heads of 16, 2 key/value heads, 2 layers, untied head
     plain = Tuner(model=str(tiny_llama), strategy={"name": "lora", "rank": 8})
-    quant = Tuner(model=str(tiny_llama), strategy={"name": "lora", "rank": 8}, quantizer="bnb-4bit")
+    quant = Tuner(
+        model=str(tiny_llama), strategy={"name": "lora", "rank": 8}, quantizer="bnb-4bit",
+        output_dir=str(tmp_path / "run"), training=quick(max_steps=1),
+    )
     vocab = plain.model.config.vocab_size
     block = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64
     adapters = 2 * 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
     total = 2 * 64 * vocab + 2 * block + 64 + adapters
     q_proj = quant.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
     assert type(q_proj).__name__ == "Params4bit" and q_proj.numel() == 64 * 64 // 2  # packed: 2 per byte
-    assert weight_count(q_proj) == 64 * 64
     for tuner in (plain, quant):
         assert count_parameters(tuner.model) == (adapters, total)
         report = tuner.preflight(sft_rows(4), estimate=False)
         assert sum(g.total for g in report.params_by_block) == total
         assert sum(g.trainable for g in report.params_by_block) == adapters
+    result = quant.fit(sft_rows(8))  # what fit reports, and compare tabulates (worker.py copies it)
+    assert (result.trainable_params, result.total_params) == (adapters, total)
+    from tunekit.models.inspect import weight_count
+
+    assert weight_count(q_proj) == 64 * 64
 
 
 def test_weight_count_of_packed_storage_without_a_quant_state() -> None:
