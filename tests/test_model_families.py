@@ -353,11 +353,12 @@ def _hub_error(kind: str) -> Exception:
     import httpx2
     from huggingface_hub import errors
 
-    response = httpx2.Response(401 if kind == "missing" else 403, request=httpx2.Request("GET", "https://huggingface.co/o/m"))
+    response = httpx2.Response(401 if kind in ("missing", "bad-token") else 403, request=httpx2.Request("GET", "https://huggingface.co/o/m"))
     inner: Exception = {
         "gated": lambda: errors.GatedRepoError("403 Client Error: access to model o/m is restricted", response=response),
         "missing": lambda: errors.RepositoryNotFoundError("401 Client Error: Repository Not Found", response=response),
         "offline": lambda: errors.LocalEntryNotFoundError("Cannot find the requested files in the disk cache"),
+        "bad-token": lambda: errors.HfHubHTTPError("401 Client Error: Invalid credentials in Authorization header", response=response),
     }[kind]()
     try:  # transformers wraps each in an OSError raised from it
         raise OSError("transformers' own message") from inner
@@ -371,6 +372,7 @@ def _hub_error(kind: str) -> Exception:
         ("gated", r"'o/m' is gated.*https://huggingface.co/o/m.*HF_TOKEN"),
         ("missing", r"'o/m' is not on the Hugging Face hub, or it is private.*Check the id"),
         ("offline", r"'o/m' is not in the local Hugging Face cache.*Download it once.*local model directory"),
+        ("bad-token", r"refused the token for the (model|tokenizer) 'o/m'.*Set HF_TOKEN to a valid token"),
     ],
 )
 def test_hub_errors_are_told_apart(monkeypatch: pytest.MonkeyPatch, kind: str, expected: str) -> None:

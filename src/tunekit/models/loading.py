@@ -180,6 +180,11 @@ def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadErro
             "Check the id (owner/name); for a private model set HF_TOKEN. A local directory must exist "
             "at that path (or start the path with ./)."
         )
+    if status == 401:
+        return ModelLoadError(
+            f"the Hugging Face hub refused the token for {where} ({detail}). Set HF_TOKEN to a valid "
+            "token (or run `hf auth login`), or unset it for a public model."
+        )
     if any(isinstance(e, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)) for e in chain) or (
         source.kind == "hub" and ({"ConnectError", "ConnectTimeout", "NetworkError", "ReadTimeout"} & names)
     ):
