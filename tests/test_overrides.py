@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunekit import Tuner, TuneConfig
+from tunekit import TuneConfig, Tuner
 from tunekit.comparison.candidates import merge_config
 from tunekit.config_merge import merge_overrides
 

@@ -109,13 +109,13 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         if dataset is None or not hasattr(collator, "pad_token_id") or unprepared:
             return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         # A sharded module (FSDP, ZeRO-3) gathers its weights in forward: use the wrapper, on every rank.
-        model = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
+        model: Any = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
         result = evaluate_loss(
             model, dataset, pad_token_id=int(collator.pad_token_id), batch_size=self.args.eval_batch_size,
             trained_logits_only=self.trained_logits_only,
         )
         metrics = {f"{metric_key_prefix}_loss": result.loss, f"{metric_key_prefix}_tokens": float(result.tokens)}
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
 
     def prediction_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
