@@ -158,7 +158,7 @@ def train(
     start = time.perf_counter()
     interrupt.install()
     try:
-        with PeakMemory(precision.device) as peak:
+        with PeakMemory(args.device) as peak:  # this rank's own GPU (cuda:<local rank>), or the CPU
             output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except RuntimeError as exc:
         if resume_from and "state_dict" in str(exc):
