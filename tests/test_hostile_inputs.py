@@ -158,7 +158,7 @@ def saved(meta: str | bytes | None, yaml_text: str | None = "model: gpt2\n") -> 
 
     def prep(ctx: Ctx) -> Callable[[], Any]:
         folder = ctx.tmp / "saved"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         if meta is not None:
             ctx.write("saved/tunekit.json", meta)
         if yaml_text is not None:
@@ -368,6 +368,10 @@ CASES = [
     case("load-tunekit-json-odd-format", saved('{"format": "zip"}'), ModelLoadError, "tunekit.json", "'zip'"),
     case("load-tunekit-json-binary", saved(b"\x00\xff\xfe garbage"), ModelLoadError, "tunekit.json"),
     case("load-tunekit-yaml-missing", saved('{"format": "adapter"}', yaml_text=None), ModelLoadError, "tunekit.yaml"),
+    case("load-adapter-files-missing", saved('{"format": "adapter"}'), ModelLoadError, "adapter_config.json"),
+    case("load-full-model-files-missing", saved('{"format": "full"}'), ModelLoadError, "config.json", "full model"),
+    case("load-tunekit-yaml-garbage", lambda ctx: ctx.write("saved/adapter_config.json", "{}") and saved('{"format": "adapter"}', yaml_text="model: [gpt2\n")(ctx), ConfigError, "tunekit.yaml", "could not be parsed"),
+    case("load-a-file", lambda ctx: ctx.write("f.txt", "x") and (lambda: Tuner.load(ctx.tmp / "f.txt")), ModelLoadError, "f.txt"),
     case("load-not-a-save", lambda ctx: (lambda p: lambda: Tuner.load(p))(ctx.gpt2), ModelLoadError, "not a directory saved by tunekit"),
     case("lora-rank-above-width", load(strategy={"name": "lora", "rank": 1000}), ConfigError, "strategy.rank", "1000", "'transformer.h.0.attn.c_attn'", "64"),
     case("lora-rank-above-width-llama", load("llama", strategy={"name": "lora", "rank": 65}), ConfigError, "strategy.rank", "most 64"),

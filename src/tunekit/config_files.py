@@ -309,4 +309,8 @@ def read_saved_meta(folder: Path, meta_name: str, config_name: str) -> dict[str,
         )
     if not (folder / config_name).is_file():
         raise ModelLoadError(f"{str(folder)!r} has a {meta_name} but no {config_name} (the run's configuration); {fix}.")
+    needed = "adapter_config.json" if meta["format"] == "adapter" else "config.json"
+    if not (folder / needed).is_file():
+        what = "an adapter" if meta["format"] == "adapter" else "a full model"
+        raise ModelLoadError(f"{str(meta_path)!r} says the folder holds {what}, but it has no {needed}; {fix}.")
     return meta
