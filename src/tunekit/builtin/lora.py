@@ -62,7 +62,11 @@ def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> No
     modules = dict(model.named_modules())
     widths: dict[str, int] = {}
     for name in targets:
-        shape = getattr(getattr(modules.get(name), "weight", None), "shape", None)
+        module = modules.get(name)
+        # a bitsandbytes 4-bit weight is stored packed as (n/2, 1): the layer's own features are its shape
+        shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+        if None in shape:
+            shape = getattr(getattr(module, "weight", None), "shape", None)  # type: ignore[assignment]
         if shape is not None and len(shape) == 2:
             widths[name] = int(min(shape))
     if not widths:
