@@ -225,3 +225,10 @@ def test_merge_refused_on_quantized_base(tiny_llama):
     tuner = Tuner(model=str(tiny_llama), strategy="lora", quantizer="bnb-4bit")
     with pytest.raises(TunekitError, match="quantizer='none'"):
         tuner.merge()
+
+
+def test_rank_check_reads_layer_features_not_packed_4bit_storage(tiny_llama):
+    # a bitsandbytes 4-bit weight is stored as (n/2, 1): its storage shape is not the layer's
+    tuner = Tuner(model=str(tiny_llama), strategy={"name": "lora", "rank": 16}, quantizer="bnb-4bit")
+    layer = tuner.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.base_layer.weight.shape[1] == 1 and layer.r["default"] == 16
