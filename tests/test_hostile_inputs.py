@@ -255,6 +255,7 @@ CASES = [
     case("tuner-seed-huge", tuner(training={"seed": 2**40}), ConfigError, "training.seed"),
     # -- config files -----------------------------------------------------------------------------------
     case("yaml-billion-laughs", config_file("bomb.yaml", BOMB), ConfigError, "bomb.yaml", "alias"),
+    case("yaml-billion-laughs-in-a-field", config_file("bomb.yaml", "model: gpt2\n" + BOMB + "strategy: {name: lora, target_modules: *i}\n"), ConfigError, "bomb.yaml", "alias"),
     case("yaml-billion-laughs-read", config_file("bomb.yml", BOMB, via="read"), ConfigError, "bomb.yml", "alias"),
     case("yaml-recursive-alias", config_file("loop.yaml", "model: gpt2\ntraining: &t {x: *t}\n"), ConfigError, "loop.yaml", "alias"),
     case("yaml-many-aliases", config_file("many.yaml", "a: &a x\nb: [" + ", ".join(["*a"] * 500) + "]\n"), ConfigError, "many.yaml", "alias"),
