@@ -86,11 +86,12 @@ FSDP_SCRIPT = Path(__file__).parent / "scripts" / "fsdp_gather.py"
 
 
 @pytest.mark.slow
-def test_a_sharded_fsdp_model_is_saved_whole_and_evaluated_across_ranks(tiny_gpt2, tmp_path):
-    """FSDP2 on 2 CPU processes (gloo): the gathered save loads in plain transformers with the sharded
-    module's logits; the eval loss and the greedy answers on the sharded module (uneven shards per
-    rank) are what one process computes on the saved model. accelerate itself runs FSDP only on
-    accelerators (see the script's docstring), so the script shards with torch's fully_shard."""
+@pytest.mark.parametrize("fsdp_version", [2, 1])
+def test_a_sharded_fsdp_model_is_saved_whole_and_evaluated_across_ranks(tiny_gpt2, tmp_path, fsdp_version):
+    """FSDP2 / FSDP1 on 2 CPU processes (gloo): the gathered save loads in plain transformers with the
+    sharded module's logits; the eval loss and the greedy answers on the sharded module (uneven
+    shards per rank) are what one process computes on the saved model. accelerate itself runs FSDP
+    only on accelerators (see the script's docstring), so the script shards with torch directly."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,7 +101,8 @@ def test_a_sharded_fsdp_model_is_saved_whole_and_evaluated_across_ranks(tiny_gpt
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29534", str(FSDP_SCRIPT), str(tiny_gpt2), str(tmp_path)],
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(29534 + fsdp_version), str(FSDP_SCRIPT), str(tiny_gpt2), str(tmp_path),
+         str(fsdp_version)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

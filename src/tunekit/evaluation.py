@@ -292,6 +292,9 @@ def generate_answers(
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     batches = _same_count_on_every_rank([order[i : i + batch_size] for i in range(0, len(order), batch_size)], world)
+    from tunekit.training.distributed import synced_generation
+
+    synced = world > 1 and synced_generation(model)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -315,6 +318,7 @@ def generate_answers(
                     do_sample=False,
                     pad_token_id=pad,
                     eos_token_id=eos or None,
+                    **({"synced_gpus": True} if synced else {}),
                 )
                 if placeholder:
                     continue

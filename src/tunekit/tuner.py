@@ -489,6 +489,10 @@ class Tuner:
         }
         kwargs.update(generate_kwargs)
         check_generation_fits(self.model, int(enc["input_ids"].shape[1]), kwargs.get("max_new_tokens"))
+        from tunekit.training.distributed import synced_generation
+
+        if synced_generation(self.model):
+            kwargs.setdefault("synced_gpus", True)
         # after a sharded (FSDP / ZeRO-3) fit, every rank calls generate together
         with inference_module(self.model) as model:
             was_training = model.training
@@ -524,7 +528,7 @@ class Tuner:
 
                 meta = {"format": "adapter" if adapter else "full", "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
                 (work / SAVE_META).write_text(json.dumps(meta, indent=2))
-            except (OSError, RuntimeError) as exc:
+            except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or the Rust libraries' Exception
                 error = disk_error(exc, work)
                 if error is exc:
                     raise

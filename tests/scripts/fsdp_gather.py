@@ -1,10 +1,11 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` on CPUs (gloo).
 
-usage: torchrun --nproc_per_node 2 fsdp_gather.py MODEL_DIR OUT_DIR
+usage: torchrun --nproc_per_node 2 fsdp_gather.py MODEL_DIR OUT_DIR [FSDP_VERSION (2, or 1)]
 
 accelerate runs FSDP on accelerators only (on CPUs its state stays MULTI_CPU and ``prepare`` wraps
 in DDP, even with an FSDP plugin), so this shards the model with torch's FSDP2 (``fully_shard``)
-directly: the same sharded module the Trainer trains under FSDP2 on GPUs. It trains a few steps,
+directly (or with FSDP1's ``FullyShardedDataParallel`` wrapper, recorded as the Trainer's
+``model_wrapped`` is): the same sharded modules the Trainer trains under FSDP on GPUs. It trains a few steps,
 then checks what tunekit does after a sharded fit: the whole state dict gathered for the save
 (rank 0 writes it; plain transformers loads it), the eval loss on the sharded module with uneven
 shards per rank, and greedy answers generated across ranks.
@@ -24,9 +25,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunekit.evaluation import evaluate_loss, generate_answers
 from tunekit.testing import sft_rows
-from tunekit.training.distributed import gathered_state_dict, inference_module, is_sharded, saving_state_dict
+from tunekit.training.distributed import gathered_state_dict, inference_module, is_sharded, remember_sharded, saving_state_dict
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
+version = int(sys.argv[3]) if len(sys.argv) > 3 else 2
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
@@ -34,29 +36,40 @@ torch.manual_seed(0)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-for block in model.transformer.h:
-    fully_shard(block)
-fully_shard(model)
+if version == 2:
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    train_module = model
+else:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    train_module = FullyShardedDataParallel(
+        model, auto_wrap_policy=ModuleWrapPolicy({GPT2Block}), use_orig_params=True, device_id=torch.device("cpu")
+    )
+    remember_sharded(model, train_module, None)  # as tunekit's training loop records the Trainer's model_wrapped
 assert is_sharded(model)
 
 # a few steps, each rank on its own rows, so the weights are no longer the ones on disk
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+optimizer = torch.optim.AdamW(train_module.parameters(), lr=1e-2)
 texts = [r["prompt"] + r["completion"] for r in sft_rows(8, seed=rank)]
-model.train()
+train_module.train()
 for step in range(3):
     batch = tokenizer(texts[step * 2 : step * 2 + 2], return_tensors="pt", padding=True)
-    loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
+    loss = train_module(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
-model.eval()
+train_module.eval()
 
 # 1. the whole weights, gathered on every rank's call, saved by rank 0 with save_pretrained
 state = gathered_state_dict(model)
 assert state is not None
 probe = torch.tensor([[1, 5, 9, 13, 17, 21]])
 with torch.no_grad():
-    sharded_logits = model(input_ids=probe).logits  # a collective forward
+    sharded_logits = train_module(input_ids=probe).logits  # a collective forward
 if rank == 0:
     with saving_state_dict(model, state):
         model.save_pretrained(str(out / "model"), safe_serialization=True)

@@ -109,6 +109,14 @@ def gathered_state_dict(model: Any) -> dict[str, Any] | None:
 
             options = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return dict(get_model_state_dict(model, options=options))
+        if (wrapper := _fsdp1_wrapper(model)) is not None:  # what accelerate's get_state_dict does for FSDP1
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            on_gpu = next(wrapper.parameters()).device.type != "cpu"  # offloading CPU tensors crashes gloo runs
+            config = FullStateDictConfig(offload_to_cpu=on_gpu, rank0_only=True)
+            with FSDP.state_dict_type(wrapper, StateDictType.FULL_STATE_DICT, config):
+                return dict(wrapper.state_dict())
         return dict(accelerator.get_state_dict(wrapped))
     except ValueError as exc:  # e.g. ZeRO-3 configured not to gather 16-bit weights on save
         raise TunekitError(f"cannot gather the sharded model's weights for saving: {exc}") from exc
@@ -118,10 +126,13 @@ def gathered_state_dict(model: Any) -> dict[str, Any] | None:
 def inference_module(model: Any) -> Iterator[Any]:
     """The module to run forward / ``generate`` on outside the Trainer, on every rank.
 
-    Not sharded: ``model`` itself. FSDP1: the inner module, with the whole weights gathered on every
-    rank for the block (nothing is written back). FSDP2 and ZeRO-3: ``model`` itself; its hooks
-    gather each layer's weights in forward, on all ranks together, so every rank must run the same
-    number of forward passes (:mod:`tunekit.evaluation` does, and ``generate`` syncs its steps).
+    Always ``model`` itself (the transformers / peft module, whose ``generate`` is wanted). Not
+    sharded: nothing more. FSDP2 and ZeRO-3: its hooks gather each layer's weights in forward, on
+    all ranks together. FSDP1: the weights of the root unit (embeddings, head: no forward of the
+    root wrapper runs to gather them) are gathered for the block, nothing written back; the nested
+    units gather their own in forward. So every rank must run the same number of forward passes
+    (:mod:`tunekit.evaluation` does) and ``generate`` must keep the ranks in step
+    (:func:`synced_generation`).
     """
     wrapper = _fsdp1_wrapper(model)
     if wrapper is None:
@@ -129,8 +140,15 @@ def inference_module(model: Any) -> Iterator[Any]:
         return
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    with FullyShardedDataParallel.summon_full_params(wrapper, writeback=False, recurse=True):
+    with FullyShardedDataParallel.summon_full_params(wrapper, writeback=False, recurse=False):
         yield model
+
+
+def synced_generation(model: Any) -> bool:
+    """Whether ``generate`` on ``model`` needs ``synced_gpus=True``: a sharded module under several
+    processes, where every rank must keep stepping until all are done (transformers detects FSDP2
+    and ZeRO-3 itself, but not the inner module of an FSDP1 wrapper)."""
+    return is_distributed_launch() and is_sharded(model)
 
 
 @contextlib.contextmanager
