@@ -502,7 +502,7 @@ def disk_error(exc: BaseException, path: Path) -> BaseException:
     """A clear error for a failed write: DiskFullError for ENOSPC/EDQUOT, the original otherwise."""
     code = getattr(exc, "errno", None)
     text = str(exc)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "unexpected pos" in text or "No space left" in text:
+    if code in (errno.ENOSPC, errno.EDQUOT) or any(s in text for s in ("unexpected pos", "No space left", "os error 28")):
         return DiskFullError(
             f"the disk is full while writing {str(path)!r} ({type(exc).__name__}: {exc}); free some space "
             "(or choose an output directory on another disk) and run again. Nothing half-written was kept."

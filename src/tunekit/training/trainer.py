@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -148,7 +149,7 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
             super()._save_checkpoint(model, trial)
             if self.args.should_save and self.run_fingerprint is not None:  # written last: the run it belongs to
                 (Path(staging) / name / FINGERPRINT).write_text(json.dumps(self.run_fingerprint, indent=1))
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or the Rust libraries' Exception
             # torch.save on a full disk raises RuntimeError("... unexpected pos ..."): leave no half checkpoint
             shutil.rmtree(Path(staging) / name, ignore_errors=True)
             error = disk_error(exc, Path(staging) / name)
@@ -161,4 +162,6 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         self.accelerator.wait_for_everyone()
         if self.args.should_save:  # the main process only
             publish(Path(staging) / name, Path(real) / name)
+            with contextlib.suppress(OSError):
+                os.rmdir(staging)  # empty again: leave no staging area behind a finished checkpoint
             rotate(real, self.keep_checkpoints)
