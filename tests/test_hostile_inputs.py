@@ -250,6 +250,8 @@ CASES = [
     case("metrics-unknown", cfg(metrics=["bleu"]), UnknownPartError, "metrics.0", "exact_match"),
     case("metric-option-typo", cfg(metrics=[{"name": "exact_match", "casefold": True}]), ConfigError, "metrics.0.casefold"),
     case("overwrite-as-config-field", cfg(overwrite=True), ConfigError, "overwrite", "unknown option"),
+    case("mapping-int-key", lambda ctx: lambda: TuneConfig.model_validate({"model": "gpt2", 1: "x"}), ConfigError, "1", "strings"),
+    case("tuner-mapping-bool-key", lambda ctx: lambda: Tuner({"model": "gpt2", True: "x"}), ConfigError, "True", "quote it"),
     case("tuner-not-mapping", lambda ctx: lambda: Tuner(["gpt2"]), ConfigError, "TuneConfig or a mapping"),
     case("tuner-kw-typo", tuner(strategy="lora", trainig={}), ConfigError, "trainig", "unknown option"),
     case("tuner-seed-huge", tuner(training={"seed": 2**40}), ConfigError, "training.seed"),
@@ -524,7 +526,7 @@ FIELDS = ["model", "strategy", "quantizer", "objective", "data", "training", "me
           "max_length", "columns", "eval_fraction", "train", "overwrite", "batch_size", "learning_rate"]
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
            | st.sampled_from(["lora", "full", "head", "none", "sft", "causal-lm", "gpt2", "exact_match", "loss"]))
-keys = st.sampled_from(FIELDS) | st.text(max_size=6)
+keys = st.sampled_from(FIELDS) | st.text(max_size=6) | st.integers(-3, 3) | st.booleans() | st.none()
 json_values = st.recursive(scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=4), max_leaves=12)
 configs = st.dictionaries(keys, json_values, max_size=6)
 
@@ -536,14 +538,14 @@ def _quiet(call: Callable[[], Any]) -> None:
         assert str(exc)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs)
 def test_random_mappings_only_raise_tunekit_errors(raw):
     _quiet(lambda: TuneConfig.model_validate(raw))
     _quiet(lambda: Tuner(raw))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(configs, st.sampled_from([".yaml", ".json"]))
 def test_random_config_files_only_raise_tunekit_errors(tmp_path, raw, suffix):
     path = tmp_path / f"random{suffix}"
@@ -569,13 +571,13 @@ data_options = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_rows, data_options)
 def test_random_rows_only_raise_tunekit_errors(source, options):
     _quiet(lambda: prepare_rows(source, None, DataOptions(**options), seed=0))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=96), st.sampled_from([".jsonl", ".json", ".csv", ".txt", ".yaml", ".toml", ".json-config"]))
 def test_random_file_bytes_only_raise_tunekit_errors(tmp_path, content, suffix):
     is_config = suffix in {".yaml", ".toml", ".json-config"}

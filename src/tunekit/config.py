@@ -266,6 +266,13 @@ class TuneConfig(BaseModel):
 
     @classmethod
     def model_validate(cls, obj: Any, **kwargs: Any) -> TuneConfig:  # type: ignore[override]
+        if isinstance(obj, Mapping) and any(not isinstance(k, str) for k in obj):
+            # pydantic would pass them on as keyword arguments: a TypeError, not a located problem
+            raise ConfigError([
+                Problem(repr(k), f"option names are strings; got the {type(k).__name__} {k!r} (a YAML key "
+                        "such as true: or 1: is read as a bool or a number: quote it)")
+                for k in obj if not isinstance(k, str)
+            ])
         try:
             return super().model_validate(obj, **kwargs)
         except ValidationError as exc:
