@@ -151,3 +151,20 @@ def test_the_gpu_check_is_prepared_and_refuses_to_run_without_cuda():
         pytest.skip("a GPU is here: run scripts/gpu-check.sh itself")
     proc = subprocess.run(["bash", str(shell)], capture_output=True, text=True, env={**__import__("os").environ, "PYTHON": sys.executable})
     assert proc.returncode == 2 and "no CUDA" in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_the_facade_save_writes_a_gathered_state_dict(tiny_gpt2, tmp_path, strategy):
+    """What fit does after a sharded run: ``with saving_state_dict(model, gathered): tuner.save(...)``."""
+    from safetensors.torch import load_file
+
+    from tunekit.training.distributed import saving_state_dict
+
+    tuner = Tuner(model=str(tiny_gpt2), strategy={"name": strategy} if strategy == "full" else {"name": "lora", "rank": 2})
+    gathered = {k: torch.full_like(v, 0.5) for k, v in tuner.model.state_dict().items()}
+    with saving_state_dict(tuner.model, gathered):
+        path = tuner.save(tmp_path / "saved")
+    weights = load_file(str(path / ("model.safetensors" if strategy == "full" else "adapter_model.safetensors")))
+    assert weights and all(bool((t == 0.5).all()) for t in weights.values())
+    if strategy == "lora":
+        assert all("lora_" in k for k in weights)
