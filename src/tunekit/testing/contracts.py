@@ -75,7 +75,7 @@ def check_strategy(
             raise ContractViolation(f"fit reported {result.trainable_params} trainable parameters, the model has {counted}")
         saved = tuner.save(Path(tmp) / "saved")
         reloaded = Tuner.load(saved).model.eval()
-        ids = torch.tensor([[1, 2, 3, 4, 5]])
+        ids = torch.tensor([[1, 2, 3, 4, 5]], device=next(net.parameters()).device)  # the process's device
         net.eval()
         with torch.no_grad():
             if not torch.allclose(net(ids).logits, reloaded(ids).logits, atol=1e-5):
