@@ -129,7 +129,11 @@ class Tuner:
     # -- the underlying objects -------------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
-        """The transformers model (a peft ``PeftModel`` for adapter strategies), prepared for training."""
+        """The transformers model (a peft ``PeftModel`` for adapter strategies), prepared for training.
+
+        It lives on this process's device (``accelerate.PartialState().device``: its own GPU under
+        torchrun) and is in eval mode (dropout off) until ``fit`` trains it, and again after.
+        """
         if self._model is None:
             self._load_model()
         assert self._model is not None
