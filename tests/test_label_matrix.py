@@ -249,3 +249,15 @@ def test_fit_stops_on_empty_answers(tiny_gpt2, tmp_path):
     with pytest.raises(PreflightError, match=r"(?s)rows-with-empty-answers.*1 of 7 rows.*first: row 6"):
         tuner.fit(rows)
     assert tuner.fit(rows, ignore_preflight_errors=True).steps == 1
+
+
+def test_generation_stops_at_the_end_of_turn_token_sft_trains():
+    """sft trains ``<|im_end|>`` as the end of an answer; generation must stop there, not only at EOS."""
+    from tunekit.evaluation import stop_token_ids
+
+    tok = build_family_tokenizer("chatml")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end != tok.eos_token_id
+    assert stop_token_ids(None, tok) == [tok.eos_token_id, im_end]
+    plain = build_family_tokenizer("gpt2")  # a template with no end-of-turn marker: EOS alone
+    assert stop_token_ids(None, plain) == [plain.eos_token_id]

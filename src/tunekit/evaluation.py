@@ -248,10 +248,14 @@ def prompts_and_references(rows: Dataset, row_format: str) -> tuple[list[Any], l
     )
 
 
-def _eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def stop_token_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Where an answer ends: EOS, the generation config's EOS ids, and the chat template's
+    end-of-turn token (``<|im_end|>`` where it differs from EOS), which sft trains as the end."""
+    from tunekit.data.chat import end_of_turn_id
+
     ids: list[int] = []
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, config_eos):
+    for value in (tokenizer.eos_token_id, config_eos, end_of_turn_id(tokenizer)):
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if item is not None and int(item) not in ids:
                 ids.append(int(item))
@@ -290,7 +294,7 @@ def generate_answers(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))[rank::world]
     answers: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
-    eos = _eos_ids(model, tokenizer)
+    eos = stop_token_ids(model, tokenizer)
     batches = _same_count_on_every_rank([order[i : i + batch_size] for i in range(0, len(order), batch_size)], world)
     from tunekit.training.distributed import synced_generation
 

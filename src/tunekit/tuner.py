@@ -466,7 +466,7 @@ class Tuner:
         """
         import torch
 
-        from tunekit.config_files import check_positive_int
+        from tunekit.config_files import check_generate_options, check_positive_int
         from tunekit.data.chat import render_generation_prompt
         from tunekit.errors import DataError
 
@@ -478,6 +478,8 @@ class Tuner:
                 "For unconditioned text, pass the BOS token explicitly: generate(tuner.tokenizer.bos_token)."
             )
         check_positive_int("generate", max_new_tokens=generate_kwargs.get("max_new_tokens"))
+        check_generate_options(self.model, generate_kwargs)  # a typo is a ConfigError, not transformers' ValueError
+        from tunekit.evaluation import stop_token_ids
         from tunekit.training.distributed import inference_module
 
         tokenizer = self.tokenizer
@@ -489,7 +491,7 @@ class Tuner:
             "max_new_tokens": 64,
             "do_sample": False,
             "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
+            "eos_token_id": stop_token_ids(self.model, tokenizer) or None,
         }
         kwargs.update(generate_kwargs)
         check_generation_fits(self.model, int(enc["input_ids"].shape[1]), kwargs.get("max_new_tokens"))
