@@ -397,6 +397,9 @@ CASES = [
     case("generate-bad-role", on_model(lambda t, ctx: t.generate([{"role": "god", "content": "x"}]), "llama"), DataError, "'god'"),
     case("generate-past-positions", on_model(lambda t, ctx: t.generate("red " * 40), "short"), DataError, "32 positions", "shorten the prompt"),
     case("generate-new-tokens-past-positions", on_model(lambda t, ctx: t.generate("red blue", max_new_tokens=40), "short"), DataError, "max_new_tokens=40", "at most"),
+    case("generate-option-typo", on_model(lambda t, ctx: t.generate("red", max_new_token=3)), ConfigError, "max_new_token=", "did you mean 'max_new_tokens'"),
+    case("generate-option-unknown", on_model(lambda t, ctx: t.generate("red", frobnicate=True)), ConfigError, "frobnicate"),
+    case("compare-seed-huge", lambda ctx: (lambda p: lambda: __import__("tunekit").compare(model=str(p), candidates=["lora"], train=sft_rows(4), budget={"max_steps": 1}, seeds=[2**40], output_dir=str(ctx.tmp / "report"), progress=False))(ctx.gpt2), ConfigError, "seeds", "4294967295"),
     case("generate-max-new-tokens-zero", on_model(lambda t, ctx: t.generate("red", max_new_tokens=0)), ConfigError, "max_new_tokens"),
     # -- fit: every refusal comes before anything is written -------------------------------------------
     case("fit-eval-fraction-no-train-row", fit(sft_rows(3), data={"eval_fraction": 0.9}), DataError, "data.eval_fraction"),
@@ -618,3 +621,10 @@ def test_lora_rank_above_some_layers_only_warns(tiny_llama, caplog):
     with caplog.at_level("WARNING"):
         Tuner(model=str(tiny_llama), strategy={"name": "lora", "rank": 48}).model  # noqa: B018
     assert "rank 48" in caplog.text and "k_proj" in caplog.text
+
+
+def test_generate_takes_real_generation_options(tiny_gpt2):
+    t = Tuner(model=str(tiny_gpt2))
+    text = t.generate("red", max_new_tokens=3, do_sample=True, temperature=0.7, top_k=5, repetition_penalty=1.1,
+                      use_cache=True, stop_strings=["x"], tokenizer=t.tokenizer)
+    assert isinstance(text, str)

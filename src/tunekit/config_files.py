@@ -314,3 +314,34 @@ def read_saved_meta(folder: Path, meta_name: str, config_name: str) -> dict[str,
         what = "an adapter" if meta["format"] == "adapter" else "a full model"
         raise ModelLoadError(f"{str(meta_path)!r} says the folder holds {what}, but it has no {needed}; {fix}.")
     return meta
+
+
+GENERATE_EXTRA_OPTIONS = {"tokenizer", "assistant_tokenizer", "use_model_defaults", "attention_mask", "past_key_values", "position_ids"}
+"""Options ``model.generate`` takes beyond its signature and GenerationConfig's fields."""
+
+
+def check_generate_options(model: Any, options: dict[str, Any]) -> None:
+    """A ``ConfigError`` naming each option of ``generate(**options)`` that neither transformers'
+    GenerationConfig, ``model.generate`` nor the model's forward takes (with the closest name)."""
+    import difflib
+    import inspect
+
+    from transformers import GenerationConfig
+
+    if not options:
+        return
+    known = set(GenerationConfig().to_dict()) | GENERATE_EXTRA_OPTIONS
+    for fn in (getattr(model, "generate", None), getattr(model, "forward", None)):
+        try:
+            known |= set(inspect.signature(fn).parameters) - {"self", "kwargs", "args"}  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    problems = []
+    for name in options:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; see transformers' GenerationConfig for the options"
+        problems.append(Problem(f"generate({name}=...)", f"unknown generation option {name!r}{hint}"))
+    if problems:
+        raise ConfigError(problems)

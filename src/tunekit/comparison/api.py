@@ -279,8 +279,10 @@ def _parse_seeds(seeds: int | Sequence[int] | None, shared: Mapping[str, Any]) -
     if isinstance(seeds, (int, str)) or not isinstance(seeds, Sequence):
         seeds = [seeds]  # type: ignore[list-item]  # a bool or str is refused just below
     values = list(seeds)
-    if not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values):
-        raise ConfigError([Problem("seeds", f"must be a non-empty list of non-negative integers, got {seeds!r}")])
+    from tunekit.config import MAX_SEED
+
+    if not values or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in values):
+        raise ConfigError([Problem("seeds", f"must be a non-empty list of integers from 0 to {MAX_SEED}, got {seeds!r}")])
     if len(set(values)) != len(values):
         raise ConfigError([Problem("seeds", f"lists a seed twice: {values}")])
     return values
