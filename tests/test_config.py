@@ -119,3 +119,82 @@ def test_model_validate_reports_each_problem_once():
     assert [p.location for p in info.value.problems] == ["training.seed", "strategy.rank"]
     with pytest.raises(UnknownPartError):
         TuneConfig.model_validate({"model": "gpt2", "strategy": "lroa"})
+
+
+# -- reading config files: bounded and strict (tunekit.config_files) ---------------------------------
+
+
+def test_alias_limit_is_exact(tmp_path):
+    from tunekit.config import read_config_file
+    from tunekit.config_files import MAX_ALIASES
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("model: gpt2\nx: &x 1\nlist: [" + ", ".join(["*x"] * MAX_ALIASES) + "]\n")
+    assert len(read_config_file(ok)["list"]) == MAX_ALIASES
+    over = tmp_path / "over.yaml"
+    over.write_text("model: gpt2\nx: &x 1\nlist: [" + ", ".join(["*x"] * (MAX_ALIASES + 1)) + "]\n")
+    with pytest.raises(ConfigError, match=f"more than {MAX_ALIASES} YAML aliases"):
+        read_config_file(over)
+
+
+def test_expansion_limit_catches_a_bomb_within_the_alias_limit(tmp_path, monkeypatch):
+    from tunekit import config_files
+    from tunekit.config import read_config_file
+
+    monkeypatch.setattr(config_files, "MAX_EXPANDED_NODES", 1000)
+    path = tmp_path / "bomb.yaml"
+    path.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n")
+    with pytest.raises(ConfigError, match="expands, through its YAML aliases, to more than 1,000 values"):
+        read_config_file(path)
+
+
+def test_size_limit_is_checked_before_reading(tmp_path):
+    from tunekit.config import read_config_file
+    from tunekit.config_files import MAX_CONFIG_BYTES
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: gpt2\n#" + "x" * (MAX_CONFIG_BYTES - 14) + "\n")
+    assert path.stat().st_size == MAX_CONFIG_BYTES
+    assert read_config_file(path) == {"model": "gpt2"}
+    path.write_text("model: gpt2\n#" + "x" * (MAX_CONFIG_BYTES - 13) + "\n")
+    with pytest.raises(ConfigError, match="at most 1 MiB"):
+        read_config_file(path)
+
+
+def test_utf8_bom_and_merge_keys_are_fine(tmp_path):
+    from tunekit.config import read_config_file
+
+    path = tmp_path / "run.yaml"
+    path.write_bytes("\ufeffbase: &b {seed: 1, max_steps: 2}\nmodel: gpt2\ntraining: {<<: *b, seed: 3}\n".encode())
+    assert read_config_file(path)["training"] == {"seed": 3, "max_steps": 2}
+
+
+@pytest.mark.parametrize(("name", "text", "key", "line"), [
+    ("a.yaml", "model: gpt2\ntraining:\n  seed: 1\n  seed: 2\n", "'seed'", "line 4"),
+    ("a.json", '{"model": "gpt2",\n"training": {"seed": 1,\n "seed": 2}}', "'seed'", "line 3"),
+    ("a.toml", 'model = "gpt2"\n[training]\nseed = 1\nseed = 2\n', "", "line 4"),
+])
+def test_duplicate_keys_name_the_key_and_line(tmp_path, name, text, key, line):
+    from tunekit.config import read_config_file
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        read_config_file(tmp_path / name)
+    assert key in str(info.value) and line in str(info.value) and name in str(info.value)
+
+
+def test_overwrite_is_never_read_from_a_file(tmp_path):
+    from tunekit.config import read_config_file
+
+    (tmp_path / "run.yaml").write_text("model: gpt2\noverwrite: true\n")
+    with pytest.raises(ConfigError, match="pass --overwrite on the command line"):
+        read_config_file(tmp_path / "run.yaml")
+
+
+def test_cli_reports_a_config_file_problem_without_a_traceback(tmp_path, capsys):
+    from tunekit.cli import main
+
+    (tmp_path / "run.yaml").write_text("model: gpt2\noverwrite: true\n")
+    assert main(["fit", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
