@@ -168,3 +168,10 @@ def test_the_facade_save_writes_a_gathered_state_dict(tiny_gpt2, tmp_path, strat
     assert weights and all(bool((t == 0.5).all()) for t in weights.values())
     if strategy == "lora":
         assert all("lora_" in k for k in weights)
+
+
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_under_a_sharding_launch_the_model_stays_where_the_trainer_shards_it_from(tiny_gpt2, meta_device, monkeypatch, flag):
+    """A model that only fits sharded must not be moved onto one GPU whole before FSDP / DeepSpeed shard it."""
+    monkeypatch.setenv(flag, "true")
+    assert _devices(Tuner(model=str(tiny_gpt2), strategy="lora").model) == {"cpu"}

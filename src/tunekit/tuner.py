@@ -152,12 +152,12 @@ class Tuner:
         from transformers import set_seed
 
         from tunekit.models.loading import ModelSource, load_model, load_tokenizer, resolve_source
-        from tunekit.training.distributed import process_device
+        from tunekit.training.distributed import is_sharding_launch, process_device
 
         cfg = self.config
         # This process's device (its own GPU under torchrun): evaluate, generate and preflight run
-        # there too, not only the Trainer.
-        device = process_device()
+        # there too, not only the Trainer. Under FSDP / DeepSpeed the Trainer shards it from the CPU.
+        device = None if is_sharding_launch() else process_device()
         base = ModelSource("local", str(model_path)) if model_path else resolve_source(cfg.model)
         tok_source = ModelSource("local", str(adapter_path)) if adapter_path else base
         revision = cfg.revision if base.kind == "hub" else None
@@ -188,7 +188,7 @@ class Tuner:
             model.enable_input_require_grads()
         if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
-        if not self.quantizer.quantizes_base:  # new adapter/head weights join the base on its device
+        if device is not None and not self.quantizer.quantizes_base:  # new adapter/head weights join the base
             model = model.to(device)
         model.eval()  # ready for inference (dropout off); the Trainer switches to train mode for its steps
         self._model, self._tokenizer = model, tokenizer

@@ -39,6 +39,15 @@ def process_device() -> torch.device:
     return PartialState().device
 
 
+def is_sharding_launch() -> bool:
+    """Whether accelerate was told to shard the model (FSDP or DeepSpeed, e.g. by ``accelerate launch
+    --config_file fsdp.yaml``). The model then stays where it was loaded (the CPU) until the Trainer
+    shards it across the GPUs: moving a model that only fits sharded onto one GPU first would run out
+    of memory."""
+    flags = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+    return any(os.environ.get(flag, "false").lower() in {"1", "true", "yes"} for flag in flags)
+
+
 def wait_for_everyone() -> None:
     """A barrier across processes (a no-op in a single process)."""
     if is_distributed_launch():
