@@ -35,7 +35,8 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     return lines
 
 
-def _train_tokenizer(special: list[str], vocab_size: int) -> Any:
+def _train_tokenizer(special: list[str], vocab_size: int, texts: list[str] | None = None) -> Any:
+    """A byte-level BPE tokenizer trained on ``texts`` (default: :func:`corpus`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -44,7 +45,7 @@ def _train_tokenizer(special: list[str], vocab_size: int) -> Any:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus() if texts is None else texts, trainer=trainer)
     return tok
 
 

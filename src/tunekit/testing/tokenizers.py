@@ -78,16 +78,9 @@ def _training_text() -> list[str]:
 
 
 def _byte_level(special: list[str], vocab_size: int) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tunekit.testing import _train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(_training_text(), trainer=trainer)
-    return tok
+    return _train_tokenizer(special, vocab_size, _training_text())
 
 
 def _sentencepiece_like(special: list[str], vocab_size: int) -> Any:
