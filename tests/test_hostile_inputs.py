@@ -318,6 +318,10 @@ CASES = [
     case("columns-eval-missing", rows([{"q": "a", "completion": "b"}], eval=sft_rows(2), columns={"q": "prompt"}), DataError, "eval data", "'q'"),
     case("eval-fraction-no-train-row", rows(text_rows(3), eval_fraction=0.9), DataError, "data.eval_fraction", "training row"),
     case("eval-fraction-one-row", rows(text_rows(1), eval_fraction=0.5), DataError, "data.eval_fraction", "2 training rows"),
+    case("adapter-files-given-rows", rows(sft_rows(2), adapter="files"), DataError, "data.adapter 'files'", "list"),
+    case("adapter-pandas-given-path", rows("x.csv", adapter="pandas"), DataError, "DataFrame"),
+    case("adapter-records-given-path", rows("x.jsonl", adapter="records"), DataError, "row 0 is a str"),
+    case("adapter-hf-given-rows", rows(sft_rows(2), adapter="hf-dataset"), DataError, "'hf-dataset'", "datasets.Dataset"),
     case("rows-empty", rows([]), DataError, "empty"),
     case("rows-empty-dicts", rows([{}, {}]), DataError, "empty"),
     case("rows-prompt-none", rows([{"prompt": None, "completion": "c"}]), DataError, "row 0", "'prompt'", "string"),
@@ -571,6 +575,7 @@ random_rows = st.lists(st.dictionaries(row_keys, row_values, max_size=3), max_si
 data_options = st.fixed_dictionaries({}, optional={
     "columns": st.dictionaries(row_keys, row_keys | st.just(""), max_size=2),
     "eval_fraction": st.floats(min_value=0.01, max_value=0.99),
+    "adapter": st.sampled_from(["records", "files", "pandas", "hf-dataset"]),
 })
 
 

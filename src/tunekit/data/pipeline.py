@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunekit.data.rows import normalise_rows, split_sizes
-from tunekit.errors import ConfigError, DataError, Problem, join_names
+from tunekit.errors import ConfigError, DataError, Problem, TunekitError, join_names
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -48,7 +48,25 @@ def load_rows(source: Any, options: DataOptions, *, where: str) -> LoadedData:
     """Load ``source`` with the configured (or first fitting) dataset adapter."""
     if source is None:
         raise DataError(f"no {where} data was given.")
-    loaded = _adapter(options, source).load(source)
+    adapter = _adapter(options, source)
+    try:
+        loaded = adapter.load(source)
+    except TunekitError:
+        raise
+    except Exception as exc:  # e.g. data.adapter names an adapter that was never meant for this data
+        name = getattr(adapter, "name", type(adapter).__name__)
+        chosen = "data.adapter" if options.adapter is not None else "the dataset adapter"
+        raise DataError(
+            f"{chosen} {name!r} could not load the {where} data, a {type(source).__name__} "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Give it data it reads, or leave data.adapter unset "
+            "to pick an adapter that fits."
+        ) from exc
+    if not hasattr(getattr(loaded, "train", None), "column_names"):
+        name = getattr(adapter, "name", type(adapter).__name__)
+        raise DataError(
+            f"the dataset adapter {name!r} did not turn the {where} data (a {type(source).__name__}) into "
+            "a datasets.Dataset; give it data it reads, or leave data.adapter unset to pick one that fits."
+        )
     if len(loaded.train) == 0:
         raise DataError(f"the {where} data is empty: give at least one row.")
     return loaded  # type: ignore[no-any-return]
