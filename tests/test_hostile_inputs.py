@@ -401,6 +401,7 @@ CASES = [
     case("generate-bad-role", on_model(lambda t, ctx: t.generate([{"role": "god", "content": "x"}]), "llama"), DataError, "'god'"),
     case("generate-past-positions", on_model(lambda t, ctx: t.generate("red " * 40), "short"), DataError, "32 positions", "shorten the prompt"),
     case("generate-new-tokens-past-positions", on_model(lambda t, ctx: t.generate("red blue", max_new_tokens=40), "short"), DataError, "max_new_tokens=40", "at most"),
+    case("evaluate-generation-past-positions", on_model(lambda t, ctx: t.evaluate([{"prompt": "red " * 26, "completion": " blue"}], ["exact_match"]), "short"), DataError, "32 positions"),
     case("generate-option-typo", on_model(lambda t, ctx: t.generate("red", max_new_token=3)), ConfigError, "max_new_token=", "did you mean 'max_new_tokens'"),
     case("generate-option-unknown", on_model(lambda t, ctx: t.generate("red", frobnicate=True)), ConfigError, "frobnicate"),
     case("compare-seed-huge", lambda ctx: (lambda p: lambda: __import__("tunekit").compare(model=str(p), candidates=["lora"], train=sft_rows(4), budget={"max_steps": 1}, seeds=[2**40], output_dir=str(ctx.tmp / "report"), progress=False))(ctx.gpt2), ConfigError, "seeds", "4294967295"),

@@ -288,6 +288,9 @@ def generate_answers(
     for prompt in prompts:
         text, add_special = render_generation_prompt(tokenizer, prompt)
         encoded.append(list(tokenizer(text, add_special_tokens=add_special)["input_ids"]))
+    from tunekit.config import check_generation_fits
+
+    check_generation_fits(model, max(len(e) for e in encoded), max_new_tokens)  # else an IndexError inside
     world, rank = _world()
     # Under a multi-process launch each rank answers its share (every world-th prompt by length);
     # the answers are gathered at the end, so every rank returns all of them.
