@@ -181,12 +181,14 @@ def test_resume_refuses_a_changed_config_or_data_naming_what_changed(tiny_gpt2, 
 
     out = tmp_path / "run"
     _tuner(tiny_gpt2, out, save_steps=1).fit(sft_rows(8))
+    before = snapshot(tmp_path)
     changed = Tuner(model=str(tiny_gpt2), output_dir=str(out), strategy={"name": "lora", "rank": 4},
                     training=quick(max_steps=3, save_steps=1, learning_rate=1e-3))
     with pytest.raises(ResumeMismatchError, match=r"strategy.rank: 8 -> 4(.|\n)*training.learning_rate: null -> 0.001"):
         changed.fit(sft_rows(8), resume=True)
     with pytest.raises(ResumeMismatchError, match=r"data \(training rows, tokenized\): changed"):
         _tuner(tiny_gpt2, out, save_steps=1).fit(sft_rows(9), resume=True)
+    assert snapshot(tmp_path) == before  # a refused resume leaves the run (its marker included) as it was
     with pytest.raises(ResumeMismatchError, match="does not fit this model"):  # accepted, but rank 4 cannot load rank 8
         changed.fit(sft_rows(8), resume=True, accept_changes=True)
     lr_only = Tuner(model=str(tiny_gpt2), output_dir=str(out), training=quick(max_steps=3, save_steps=1, learning_rate=1e-3))

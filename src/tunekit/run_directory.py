@@ -184,12 +184,14 @@ class Claim:
     main: bool = True
     _locks: list[Path] = field(default_factory=list, repr=False)
     _done: bool = field(default=False, repr=False)
+    _wrote: bool = field(default=False, repr=False)
 
     # the marker ------------------------------------------------------------------------------------------
     def _marker(self) -> dict[str, Any]:
         return read_marker(self.work) or {"entries": {}}
 
     def _write_marker(self, data: dict[str, Any]) -> None:
+        self._wrote = True
         write_text_atomically(self.work / MARKER, json.dumps(data, indent=2, sort_keys=True))
 
     def set_state(self, state: str, **extra: Any) -> None:
@@ -203,6 +205,7 @@ class Claim:
     def record(self, *names: str) -> None:
         """Record entries of :attr:`work` as tunekit's (call after writing them)."""
         if self.main:
+            self._wrote = True
             record_entries(self.work, *names)
 
     @contextmanager
@@ -219,8 +222,12 @@ class Claim:
         """Remove the previous content of an in-place overwrite: only the entries tunekit wrote."""
         if not self.main or not self.replacing or self.cleared:
             return
+        # Checked again: anything put here since the claim is the user's and stays.
+        foreign = {name.split(" (")[0] for name in foreign_entries(self.work)}
+        if foreign:
+            log.warning("tunekit: leaving %s in %s: tunekit did not write them", _listing(sorted(foreign)), self.work)
         for entry in sorted(self.work.iterdir()):
-            if entry.name in (MARKER, LOCK) or entry.name in keep:
+            if entry.name in (MARKER, LOCK) or entry.name in keep or entry.name in foreign:
                 continue
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         self.run_id = uuid.uuid4().hex
@@ -272,7 +279,7 @@ class Claim:
                     shutil.rmtree(entry, ignore_errors=True)
             elif self.created and not self.keep and not any(p.name.startswith("checkpoint-") for p in self.work.iterdir()):
                 shutil.rmtree(self.created_root or self.work, ignore_errors=True)
-            elif self.work.is_dir():
+            elif self.work.is_dir() and self._wrote:  # a resume refused before writing leaves the run as it was
                 self.set_state("failed")
         finally:
             self.release()
