@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from tunekit.config import PartSpec, TuneConfig, check_generation_fits, clamp_max_length
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
-
 from tunekit.run_directory import PYTHON_FLAGS
 
 if TYPE_CHECKING:

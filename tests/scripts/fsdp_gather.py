@@ -25,7 +25,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunekit.evaluation import evaluate_loss, generate_answers
 from tunekit.testing import sft_rows
-from tunekit.training.distributed import gathered_state_dict, inference_module, is_sharded, remember_sharded, saving_state_dict
+from tunekit.training.distributed import (
+    gathered_state_dict,
+    inference_module,
+    is_sharded,
+    remember_sharded,
+    saving_state_dict,
+)
 
 model_dir, out = sys.argv[1], Path(sys.argv[2])
 version = int(sys.argv[3]) if len(sys.argv) > 3 else 2
