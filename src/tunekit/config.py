@@ -11,7 +11,7 @@ and every problem in a configuration is reported together, with dotted locations
     ... except ConfigError as err:
     ...     print(err)
     Invalid tunekit configuration (2 problems):
-      training.learning_rate: must be > 0 (got -1)
+      training.learning_rate: must be > 0.0 (got -1)
       strategy.rank: must be >= 1 (got 0)
 """
 

@@ -19,7 +19,11 @@ A config file is data from wherever the user got it, so reading one is bounded:
 ...     read_config_file(path)
 ... except ConfigError as err:
 ...     print(err.problems[0].message)
-key 'model' is given twice in one mapping (line 2, first at line 1); keep one
+key 'model' is given twice in one mapping (line 2, first at line 1); keep one.
+
+The same strictness for the arguments of the facade's verbs lives here too:
+:func:`check_positive_int` and :func:`check_generate_options` (``evaluate``, ``generate``) and
+:func:`read_saved_meta` (``Tuner.load`` of a folder whose ``tunekit.json`` is corrupt).
 """
 
 from __future__ import annotations
