@@ -64,11 +64,10 @@ def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> No
     for name in targets:
         module = modules.get(name)
         # a bitsandbytes 4-bit weight is stored packed as (n/2, 1): the layer's own features are its shape
-        shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
-        if None in shape:
-            shape = getattr(getattr(module, "weight", None), "shape", None)  # type: ignore[assignment]
+        features = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+        shape: Any = features if None not in features else getattr(getattr(module, "weight", None), "shape", None)
         if shape is not None and len(shape) == 2:
-            widths[name] = int(min(shape))
+            widths[name] = int(min(int(shape[0]), int(shape[1])))
     if not widths:
         return
     widest = max(widths, key=lambda n: widths[n])
