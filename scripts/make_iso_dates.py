@@ -1,4 +1,4 @@
-"""Regenerate the ``iso-dates`` task shipped in ``src/tunekit/datasets/iso_dates/``.
+"""Regenerate the ``iso-dates`` task shipped in ``src/tunekit/tasks/iso_dates/``.
 
 The task: rewrite a date written in English (``"the 5th of March 2021"``, ``"Mar 5, 2021"``...)
 as an ISO 8601 date (``"2021-03-05"``). Every row is a chat: a system instruction, the date
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "tunekit" / "datasets" / "iso_dates"
+OUT = Path(__file__).resolve().parents[1] / "src" / "tunekit" / "tasks" / "iso_dates"
 SYSTEM = "Give this date as YYYY-MM-DD, nothing else."
 SEED = 20240501
 SIZES = {"train": 800, "test": 100}

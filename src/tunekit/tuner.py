@@ -365,7 +365,7 @@ class Tuner:
                 run.record("model")
                 with run.writing(RUN_RESULT) as file:
                     file.write_text(result.model_dump_json(indent=2))
-                from tunekit.run_report import LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
+                from tunekit.model_card import LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
 
                 data = DataSummary(rows.description, rows.format, len(train_rows), len(eval_rows) if eval_rows is not None else 0)
                 write_run_report(run.work, result, self.config, data, learning_rate=lr)

@@ -1,6 +1,6 @@
 """Small task datasets shipped with tunekit, for the demo, tests and tutorials (no download).
 
->>> from tunekit.datasets import TASKS, load_task
+>>> from tunekit.tasks import TASKS, load_task
 >>> rows = load_task("iso-dates", "test")
 >>> rows[0]["messages"][-1]["content"]
 '2061-09-18'
