@@ -28,12 +28,34 @@ def test_model_and_tokenizer_are_the_underlying_objects(tiny_llama):
     assert isinstance(tuner.tokenizer, PreTrainedTokenizerBase)
 
 
+def _greedy(model, tokenizer, text: str, new_tokens: int) -> str:
+    """Greedy decoding by hand: one forward pass per token, argmax, stop at EOS or end of turn."""
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    chosen: list[int] = []
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            token = int(model(ids).logits[0, -1].argmax())
+            if token in stops:
+                break
+            chosen.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokenizer.decode(chosen, skip_special_tokens=True)
+
+
 def test_generate_text_and_chat(tiny_llama):
     tuner = Tuner(model=str(tiny_llama), strategy="lora")
-    text = tuner.generate("Reverse: red green blue\nAnswer:", max_new_tokens=5)
-    assert isinstance(text, str)
+    model, tokenizer = tuner.model.eval(), tuner.tokenizer
+    prompt = "Reverse: red green blue\nAnswer:"
+    text = tuner.generate(prompt, max_new_tokens=5)
+    # only the new text (not the prompt), greedy, at most 5 tokens
+    assert text == _greedy(model, tokenizer, prompt, 5) and text
     chat = tuner.generate([{"role": "user", "content": "hi"}], max_new_tokens=5)
-    assert isinstance(chat, str)
+    # the chat is rendered with the tiny model's ChatML template and the assistant's generation prompt
+    assert chat == _greedy(model, tokenizer, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", 5) and chat
+    assert chat != _greedy(model, tokenizer, "hi", 5)  # the template changes the answer
     from tunekit import DataError
 
     with pytest.raises(DataError, match="unknown role"):
@@ -55,7 +77,8 @@ def test_evaluate_before_and_after(tiny_gpt2, tmp_path):
     tuner = Tuner(model=str(tiny_gpt2), strategy="full", output_dir=str(tmp_path / "r"), training=quick(max_steps=10, learning_rate=3e-3))
     before = tuner.evaluate(sft_rows(8))
     assert before.perplexity == pytest.approx(2.718281828 ** before.loss, rel=1e-6)
-    assert before.tokens > 0 and before.rows == 8
+    # the loss is over the answer tokens only: three words (one token each in the tiny vocabulary) + EOS per row
+    assert before.tokens == 8 * (3 + 1) and before.rows == 8
     tuner.fit(sft_rows(32))
     assert tuner.evaluate(sft_rows(8)).loss < before.loss
 
@@ -66,7 +89,14 @@ def test_fit_result_fields_and_eval_history(tiny_gpt2, tmp_path):
     assert [p.step for p in result.eval_history] == [2, 4]
     assert result.eval_loss is not None and result.eval_perplexity is not None
     assert [p.step for p in result.loss_history] == [1, 2, 3, 4]
-    assert result.trainable_percent < 100
+    # LoRA rank 8 on every linear layer of the tiny GPT-2 (n_embd 64, 2 layers, vocab 400), counted by hand:
+    # c_attn 64->192, attn c_proj 64->64, c_fc 64->256, mlp c_proj 256->64: 8 * (256 + 128 + 320 + 320) per layer
+    lora = 2 * 8 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))
+    # the base: wte 400x64 + wpe 512x64 + per layer (2 LayerNorms, 4 linears with bias) + ln_f; the head is tied
+    block = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)
+    base = 400 * 64 + 512 * 64 + 2 * block + 2 * 64
+    assert (result.trainable_params, result.total_params) == (lora, base + lora) == (16384, 174848)
+    assert result.trainable_percent == pytest.approx(100 * 16384 / 174848)
     assert result.wall_time_s > 0 and result.tokens_per_second > 0
     assert json.loads((tmp_path / "r" / "result.json").read_text())["steps"] == 4
     assert "trainable params" in result.summary()
