@@ -22,8 +22,7 @@ from tunekit.errors import (
     UnknownPartError,
 )
 from tunekit.hookspecs import hookimpl
-
-__version__ = "0.1.0"
+from tunekit.version import __version__
 
 if TYPE_CHECKING:
     from tunekit.comparison import compare

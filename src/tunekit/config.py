@@ -17,7 +17,8 @@ and every problem in a configuration is reported together, with dotted locations
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -397,8 +398,6 @@ def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
     # Names and mappings are checked against the metric registry; anything else is reported by
     # pydantic's own pass.
     if isinstance(metric_specs, list) and all(isinstance(m, (str, Mapping, PartSpec)) for m in metric_specs):
-        from tunekit.evaluation import build_metrics
-
         try:
             build_metrics(metric_specs)
         except ConfigError as exc:
@@ -498,3 +497,69 @@ def config_error(exc: ValidationError) -> ConfigError:
     if any(p.code == "unknown_part" for p in problems):
         return UnknownPartError(problems)
     return ConfigError(problems)
+
+
+# -- building parts from their specs ---------------------------------------------------------------
+def build_part(kind: str, spec: PartSpec, location: str) -> Any:
+    """The part a spec names, built from the registry with its validated options."""
+    from tunekit.plugins import get_registry
+
+    reg = get_registry(kind).get(spec.name, location=location)
+    return reg.cls(reg.options_model.model_validate(spec.options))
+
+
+DEFAULT_METRICS = ("loss", "perplexity")
+"""What ``Tuner.evaluate`` measures when it is given no ``metrics``."""
+
+@dataclass(frozen=True)
+class ChosenMetric:
+    """A metric part, built with its validated options, under the name it is reported as."""
+
+    name: str
+    metric: Any
+
+    @property
+    def needs(self) -> str:
+        return str(getattr(self.metric, "needs", "loss"))
+
+
+def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Mapping[str, Any] | None) -> list[ChosenMetric]:
+    """Metric parts for ``specs``: names (``"exact_match"``), mappings with options
+    (``{"name": "exact_match", "case_fold": True}``) or ``PartSpec``s (a config's ``metrics``).
+    Every problem is reported at once."""
+    from tunekit.plugins import get_registry
+
+    if specs is None:
+        specs = DEFAULT_METRICS
+    if isinstance(specs, (str, Mapping)):
+        specs = [specs]
+    registry = get_registry("metric")
+    chosen: list[ChosenMetric] = []
+    problems: list[Problem] = []
+    for i, spec in enumerate(specs):
+        where = f"metrics.{i}"
+        try:
+            part = PartSpec.model_validate(spec)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, prefix=where))
+            continue
+        if part.name not in registry:
+            problems.append(Problem(where, registry.unknown_message(part.name), "unknown_part"))
+            continue
+        reg = registry.get(part.name)
+        try:
+            options = reg.options_model.model_validate(part.options)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, reg.options_model, prefix=where))
+            continue
+        if any(c.name == part.name for c in chosen):
+            problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))
+            continue
+        chosen.append(ChosenMetric(part.name, reg.cls(options)))
+    if problems:
+        from tunekit.errors import UnknownPartError
+
+        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
+    if not chosen:
+        raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
+    return chosen

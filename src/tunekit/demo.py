@@ -62,9 +62,9 @@ def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, 
 def _run(output_dir: str, steps: int | None, threads: int | None) -> dict[str, Any]:
     import torch
 
-    from tunekit.tasks import load_task
     from tunekit.models.gguf_cache import cached_conversion
     from tunekit.models.loading import resolve_alias
+    from tunekit.tasks import load_task
     from tunekit.tuner import Tuner
 
     start = time.perf_counter()

@@ -14,15 +14,15 @@ last assistant message).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
+from tunekit.config import DEFAULT_METRICS, ChosenMetric, build_metrics  # noqa: F401  (re-exported)
 from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
-from tunekit.errors import ConfigError, DataError, Problem
-from tunekit.parts import PartOptions
+from tunekit.errors import DataError
+from tunekit.parts import MetricInputs, PartOptions
 from tunekit.results import EvalResult, Generation
 from tunekit.training.loss import trained_logits_loss, use_trained_logits
 
@@ -31,35 +31,9 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from tunekit.config import PartSpec
-
-DEFAULT_METRICS = ("loss", "perplexity")
-"""What ``Tuner.evaluate`` measures when it is given no ``metrics``."""
 
 EXTRA_NEW_TOKENS = 8
 """Generation budget beyond the longest reference answer (see :func:`generate_answers`)."""
-
-
-@dataclass(frozen=True)
-class MetricInputs:
-    """What a metric is computed from.
-
-    ``loss`` is the mean cross-entropy per trained token (``nan`` without trained tokens).
-    ``predictions`` and ``references`` are the generated and the reference answers, row by
-    row; they are ``None`` unless some requested metric ``needs`` generation.
-    """
-
-    loss: float
-    tokens: int
-    rows: int
-    predictions: list[str] | None = None
-    references: list[str] | None = None
-
-    def pairs(self, metric: str) -> list[tuple[str, str]]:
-        """``(prediction, reference)`` per row, or a ``DataError`` when nothing was generated."""
-        if self.predictions is None or self.references is None:
-            raise DataError(f"metric {metric!r} needs generated answers, but none were produced.")
-        return list(zip(self.predictions, self.references, strict=True))
 
 
 class TextNormalization(PartOptions):
@@ -79,61 +53,6 @@ def normalize(text: str, *, strip: bool = True, case_fold: bool = False) -> str:
 
 
 # -- choosing metrics ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChosenMetric:
-    """A metric part, built with its validated options, under the name it is reported as."""
-
-    name: str
-    metric: Any
-
-    @property
-    def needs(self) -> str:
-        return str(getattr(self.metric, "needs", "loss"))
-
-
-def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Mapping[str, Any] | None) -> list[ChosenMetric]:
-    """Metric parts for ``specs``: names (``"exact_match"``), mappings with options
-    (``{"name": "exact_match", "case_fold": True}``) or ``PartSpec``s (a config's ``metrics``).
-    Every problem is reported at once."""
-    from tunekit.config import PartSpec, problems_from_validation
-    from tunekit.plugins import get_registry
-
-    if specs is None:
-        specs = DEFAULT_METRICS
-    if isinstance(specs, (str, Mapping)):
-        specs = [specs]
-    registry = get_registry("metric")
-    chosen: list[ChosenMetric] = []
-    problems: list[Problem] = []
-    for i, spec in enumerate(specs):
-        where = f"metrics.{i}"
-        try:
-            part = PartSpec.model_validate(spec)
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, prefix=where))
-            continue
-        if part.name not in registry:
-            problems.append(Problem(where, registry.unknown_message(part.name), "unknown_part"))
-            continue
-        reg = registry.get(part.name)
-        try:
-            options = reg.options_model.model_validate(part.options)
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, reg.options_model, prefix=where))
-            continue
-        if any(c.name == part.name for c in chosen):
-            problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))
-            continue
-        chosen.append(ChosenMetric(part.name, reg.cls(options)))
-    if problems:
-        from tunekit.errors import UnknownPartError
-
-        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
-    if not chosen:
-        raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
-    return chosen
-
-
 # -- loss ---------------------------------------------------------------------------------------------
 def evaluate_loss(
     model: torch.nn.Module,

@@ -6,17 +6,17 @@ nothing else (never the whole run configuration), so it is easy to test on its o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
+
+from tunekit.errors import DataError
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-    from tunekit.data.rows import LoadedData
-    from tunekit.evaluation import MetricInputs
 
 KINDS = ("strategy", "quantizer", "dataset_adapter", "objective", "metric", "model_alias")
 """Every kind of part, in the order they are listed by ``tunekit plugins``."""
@@ -29,6 +29,38 @@ KIND_PLURALS = {
     "metric": "metrics",
     "model_alias": "model aliases",
 }
+
+
+# -- the values parts exchange ----------------------------------------------------------------------
+@dataclass
+class LoadedData:
+    """What a dataset adapter returns: training rows and, when the source has them, eval rows."""
+
+    train: Dataset
+    eval: Dataset | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric is computed from.
+
+    ``loss`` is the mean cross-entropy per trained token (``nan`` without trained tokens).
+    ``predictions`` and ``references`` are the generated and the reference answers, row by
+    row; they are ``None`` unless some requested metric ``needs`` generation.
+    """
+
+    loss: float
+    tokens: int
+    rows: int
+    predictions: list[str] | None = None
+    references: list[str] | None = None
+
+    def pairs(self, metric: str) -> list[tuple[str, str]]:
+        """``(prediction, reference)`` per row, or a ``DataError`` when nothing was generated."""
+        if self.predictions is None or self.references is None:
+            raise DataError(f"metric {metric!r} needs generated answers, but none were produced.")
+        return list(zip(self.predictions, self.references, strict=True))
 
 
 class PartOptions(BaseModel):
@@ -51,25 +83,108 @@ class Part(Protocol):
 
 
 class Strategy(Part, Protocol):
-    """Decides which parameters train, and how.
+    """Decides which parameters train, and how; owns the format what it trained is saved in.
 
     ``default_learning_rate`` is used when the user gives none: adapters and full
     fine-tuning want rates an order of magnitude apart. ``check_quantizer`` refuses a
     quantized base when the strategy would update quantized weights.
+
+    ``save`` returns the name of the format it wrote (recorded in ``tunekit.json``).
+    ``"full"`` (:data:`tunekit.formats.STANDALONE`) means a complete transformers model
+    directory: ``Tuner.load`` loads it as the base, then calls ``prepare``. Any other format is
+    restored by ``load`` onto a freshly loaded original base. Most strategies delegate all three
+    to one of the shared formats in :mod:`tunekit.formats` (``PEFT_ADAPTER``, ``MODEL_DIRECTORY``).
+
+    Strategies written for plugin API 1 before ``save``/``load``/``merge`` existed
+    (``uses_adapters`` and ``prepare(model, *, quantized)``) still work: see :func:`as_strategy`.
     """
 
     default_learning_rate: ClassVar[float]
     uses_adapters: ClassVar[bool]
-    """True when the strategy trains adapters (saved as a peft adapter); False saves a full model."""
+    """True when the base weights stay frozen and new (adapter) weights train beside them, so the
+    base may be loaded in the compute dtype; False when the model's own weights train (fp32)."""
+    trains_tied_weights: ClassVar[bool]
+    """True when training both halves of a tied weight pair together is intended (full fine-tuning):
+    pre-flight then reports tied trainable weights as information, not as a warning."""
 
     def __init__(self, options: Any) -> None: ...
 
     def check_quantizer(self, quantizer: Quantizer) -> str | None:
         """Return why this strategy cannot train on a base loaded by ``quantizer``, or None."""
 
-    def prepare(self, model: PreTrainedModel, *, quantized: bool) -> torch.nn.Module:
+    def prepare(self, model: PreTrainedModel) -> torch.nn.Module:
         """Freeze / wrap ``model`` for training and return the module to train."""
 
+    def save(self, model: torch.nn.Module, directory: Path) -> str:
+        """Write what was tuned in ``model`` (the module ``prepare`` or ``load`` returned) into the
+        existing, empty ``directory``; return the format's name (``"full"`` for a standalone model
+        directory). Write the model's weights through ``model.save_pretrained`` or
+        ``model.state_dict()`` (the sharded-training path substitutes a gathered state dict there)."""
+
+    def load(self, base_model: PreTrainedModel, directory: Path) -> torch.nn.Module:
+        """Restore a save of this strategy (one whose format is not ``"full"``) onto a freshly loaded
+        base, and return the module to train, as ``prepare`` would: training may continue from it."""
+
+    def merge(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+        """Return a plain transformers model with what was tuned folded in, so that one
+        ``save_pretrained`` writes a standalone model that reproduces the tuned one (a verified merge
+        for adapters; ``model`` unchanged when the model's own weights trained)."""
+
+
+class _FirstProtocolStrategy:
+    """A strategy written before ``save``/``load``/``merge``, completed the way tunekit saved it then:
+    a peft adapter when ``uses_adapters``, else a transformers model directory."""
+
+    def __init__(self, strategy: Any, quantized: bool):
+        from tunekit.formats import MODEL_DIRECTORY, PEFT_ADAPTER
+
+        self._strategy = strategy
+        self._quantized = quantized
+        self._format = PEFT_ADAPTER if getattr(strategy, "uses_adapters", False) else MODEL_DIRECTORY
+        self.trains_tied_weights = bool(getattr(strategy, "trains_tied_weights", False))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._strategy, name)
+
+    def prepare(self, model: Any) -> Any:
+        import inspect
+
+        try:
+            takes_quantized = "quantized" in inspect.signature(self._strategy.prepare).parameters
+        except (TypeError, ValueError):
+            takes_quantized = False
+        if takes_quantized:
+            return self._strategy.prepare(model, quantized=self._quantized)
+        return self._strategy.prepare(model)
+
+    def save(self, model: Any, directory: Path) -> str:
+        return self._format.save(model, directory)
+
+    def load(self, base_model: Any, directory: Path) -> Any:
+        return self._format.load(base_model, directory)
+
+    def merge(self, model: Any, tokenizer: Any) -> Any:
+        return self._format.merge(model, tokenizer)
+
+
+def as_strategy(strategy: Any, *, quantized: bool = False) -> Strategy:
+    """``strategy`` itself when it has ``save``, ``load`` and ``merge``; otherwise (a strategy written
+    for plugin API 1 before they existed) a wrapper that supplies them as tunekit did then (a peft
+    adapter when ``uses_adapters``, else a transformers model directory) and passes ``quantized``
+    to its ``prepare(model, *, quantized)``.
+
+    >>> class Old:
+    ...     uses_adapters = False
+    ...     def prepare(self, model, *, quantized):
+    ...         return ("prepared", quantized)
+    >>> as_strategy(Old(), quantized=True).prepare("m")
+    ('prepared', True)
+    >>> as_strategy(Old()).merge("m", None)
+    'm'
+    """
+    if all(callable(getattr(strategy, name, None)) for name in ("save", "load", "merge")):
+        return strategy  # type: ignore[no-any-return]
+    return _FirstProtocolStrategy(strategy, quantized)  # type: ignore[return-value]
 
 
 class Quantizer(Part, Protocol):
@@ -112,6 +227,24 @@ class Objective(Part, Protocol):
         self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int
     ) -> Dataset:
         """Return a dataset with ``input_ids`` and ``labels`` columns (lists of ints)."""
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """The data collator that batches this objective's tokenized rows for training.
+
+        An objective that does not define it gets :class:`tunekit.data.collate.PadPerBatch`
+        (``input_ids`` padded with the pad token, ``labels`` with -100, per batch); see
+        :func:`collator_for`.
+        """
+
+
+def collator_for(objective: Any, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """``objective.collator(tokenizer)``, or per-batch padding for an objective without one."""
+    make = getattr(objective, "collator", None)
+    if callable(make):
+        return make(tokenizer)  # type: ignore[no-any-return]
+    from tunekit.data.collate import PadPerBatch
+
+    return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
 
 
 class Metric(Part, Protocol):

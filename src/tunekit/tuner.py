@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from tunekit.config import PartSpec, TuneConfig, check_generation_fits, clamp_max_length
+from tunekit.config import TuneConfig, build_part, check_generation_fits, clamp_max_length
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
 from tunekit.run_directory import PYTHON_FLAGS
@@ -35,13 +35,6 @@ SAVE_CONFIG = "tunekit.yaml"
 RUN_RESULT = "result.json"
 GENERATION_BATCH_FACTOR = 4
 """Evaluation generates in batches this many times ``training.batch_size`` unless told otherwise."""
-
-
-def _build_part(kind: str, spec: PartSpec, location: str) -> Any:
-    from tunekit.plugins import get_registry
-
-    reg = get_registry(kind).get(spec.name, location=location)
-    return reg.cls(reg.options_model.model_validate(spec.options))
 
 
 class Tuner:
@@ -66,8 +59,8 @@ class Tuner:
         from tunekit.training.precision import choose_precision
 
         self.config: TuneConfig = config
-        self.strategy = _build_part("strategy", config.strategy, "strategy")
-        self.quantizer = _build_part("quantizer", config.quantizer, "quantizer")
+        self.strategy = build_part("strategy", config.strategy, "strategy")
+        self.quantizer = build_part("quantizer", config.quantizer, "quantizer")
         self.precision = choose_precision(config.training.precision)
         self._model: torch.nn.Module | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
@@ -265,7 +258,7 @@ class Tuner:
         land in ``result.eval_metrics``, ``result.json`` and the run's model card
         (``README.md``, next to ``loss.png``).
         """
-        from tunekit.evaluation import build_metrics
+        from tunekit.config import build_metrics
         from tunekit.models.inspect import count_parameters
         from tunekit.plugins import get_plugins
         from tunekit.run_directory import CLI_FLAGS
@@ -424,9 +417,9 @@ class Tuner:
         generation (which keeps no activations for a backward pass, so it fits where training
         did). Every row of ``data`` is evaluated (``data.eval_fraction`` does not apply).
         """
+        from tunekit.config import build_metrics
         from tunekit.config_files import check_positive_int
         from tunekit.data.pipeline import prepare_rows
-        from tunekit.evaluation import build_metrics
 
         check_positive_int("evaluate", batch_size=batch_size, max_new_tokens=max_new_tokens)
         chosen = build_metrics(metrics)
@@ -529,7 +522,7 @@ class Tuner:
                 model.save_pretrained(str(work))  # type: ignore[operator]
                 tokenizer.save_pretrained(str(work))
                 self.config.to_file(work / SAVE_CONFIG)
-                from tunekit import __version__
+                from tunekit.version import __version__
 
                 meta = {"format": "adapter" if adapter else "full", "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
                 (work / SAVE_META).write_text(json.dumps(meta, indent=2))

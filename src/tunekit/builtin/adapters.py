@@ -9,10 +9,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tunekit.data.rows import LoadedData
 from tunekit.errors import DataError
 from tunekit.hookspecs import Register, hookimpl
-from tunekit.parts import NoOptions, PartOptions
+from tunekit.parts import LoadedData, NoOptions, PartOptions
 
 EVAL_SPLIT_NAMES = ("validation", "eval", "test", "valid", "dev")
 

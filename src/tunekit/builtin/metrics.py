@@ -17,9 +17,9 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from tunekit.evaluation import MetricInputs, TextNormalization, normalize
+from tunekit.evaluation import TextNormalization, normalize
 from tunekit.hookspecs import Register, hookimpl
-from tunekit.parts import NoOptions
+from tunekit.parts import MetricInputs, NoOptions
 
 
 class LossMetric:

@@ -372,6 +372,6 @@ def _plain(value: Any) -> Any:
 
 
 def _version() -> str:
-    from tunekit import __version__
+    from tunekit.version import __version__
 
     return __version__

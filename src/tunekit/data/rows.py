@@ -11,10 +11,10 @@ Recognised formats (after ``data.columns`` renames):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import DataError
+from tunekit.parts import LoadedData  # noqa: F401  (re-exported for plugins written against tunekit.data.rows)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -24,15 +24,6 @@ FORMATS_HELP = (
     "{'text'} for raw text; {'prompt', 'completion'}; {'instruction', 'input', 'output'}; "
     "or {'messages': [{'role', 'content'}, ...]} for chat"
 )
-
-
-@dataclass
-class LoadedData:
-    """What a dataset adapter returns: training rows and, when the source has them, eval rows."""
-
-    train: Dataset
-    eval: Dataset | None = None
-    description: str = ""
 
 
 def detect_format(columns: list[str]) -> str:
