@@ -114,7 +114,7 @@ def test_a_plugin_metric_is_asked_for_by_name():
     assert score("answer_length", ["ab", "abcd"], ["x", "y"]) == 3.0
 
 
-def test_evaluate_with_metrics_before_and_after_fit(tiny_llama, tmp_path):
+def test_evaluate_with_metrics_before_and_after_fit(tiny_llama, tmp_path, monkeypatch):
     from tests.conftest import quick
 
     from tunekit import Tuner
@@ -132,8 +132,15 @@ def test_evaluate_with_metrics_before_and_after_fit(tiny_llama, tmp_path):
     assert before.generations[0].prompt == held_out[0]["messages"][:-1]
     result = tuner.fit(chat_rows(16), eval=held_out, metrics=["exact_match"])
     assert set(result.eval_metrics) == {"exact_match"} and len(result.eval_generations) == 6
+    # Fixed answers instead of the model's: rows 0, 2 and 4 right (up to surrounding whitespace), the rest wrong.
+    from tunekit import evaluation
+
+    answers = [f" {r['messages'][-1]['content']}\n" if i % 2 == 0 else "wrong" for i, r in enumerate(held_out)]
+    monkeypatch.setattr(evaluation, "generate_answers", lambda model, tok, prompts, **kw: answers[: len(prompts)])
     after = tuner.evaluate(held_out, metrics=["exact_match"])
-    assert 0.0 <= after["exact_match"] <= 1.0
+    assert [g.prediction for g in after.generations] == answers
+    assert after["exact_match"] == 3 / 6
+    monkeypatch.undo()
     # prompt/completion rows: the reference is the completion
     pc = tuner.evaluate(sft_rows(3, seed=2), metrics=["exact_match"], max_new_tokens=2)
     assert [g.reference for g in pc.generations] == [r["completion"] for r in sft_rows(3, seed=2)]
