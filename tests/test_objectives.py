@@ -24,12 +24,15 @@ def llama_tok(tiny_llama):
 def test_sft_masks_the_prompt_and_trains_eos_when_pad_equals_eos(gpt2_tok):
     assert gpt2_tok.pad_token_id == gpt2_tok.eos_token_id  # the trap
     row = sft_rows(1)[0]
+    assert row == {"prompt": "Reverse: apple plum blue\nAnswer:", "completion": " blue plum apple"}
     out = SFTObjective(SFTOptions()).tokenize(Dataset.from_list([row]), gpt2_tok, max_length=128)[0]
-    n_prompt = len(gpt2_tok(row["prompt"])["input_ids"])
+    n_prompt = next(i for i, label in enumerate(out["labels"]) if label != IGNORE_INDEX)
     assert out["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert out["labels"][n_prompt:] == out["input_ids"][n_prompt:]
+    # the masked part is exactly the prompt, the trained part exactly the answer and EOS (written out by hand)
+    assert gpt2_tok.decode(out["input_ids"][:n_prompt]) == "Reverse: apple plum blue\nAnswer:"
+    assert gpt2_tok.decode(out["labels"][n_prompt:]) == " blue plum apple<|endoftext|>"
     assert out["input_ids"][-1] == gpt2_tok.eos_token_id and out["labels"][-1] == gpt2_tok.eos_token_id
-    assert gpt2_tok.decode(out["input_ids"][n_prompt:-1]) == row["completion"]
     # and the collator keeps it: padding is masked by position, not by token id
     batch = PadPerBatch(gpt2_tok.pad_token_id)([out, {"input_ids": out["input_ids"] + [5, 6], "labels": out["labels"] + [5, 6]}])
     assert batch["labels"][0, len(out["labels"]) - 1] == gpt2_tok.eos_token_id
@@ -41,10 +44,13 @@ def test_sft_chat_trains_assistant_turns_only(llama_tok):
     row = chat_rows(1)[0]
     out = SFTObjective(SFTOptions()).tokenize(Dataset.from_list([row]), llama_tok, max_length=256)[0]
     trained = [t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label != IGNORE_INDEX]
-    text = llama_tok.decode(trained)
-    assert text.startswith(row["messages"][2]["content"])
-    assert "You reverse words" not in text and "Reverse:" not in text
-    assert trained[-2:] == llama_tok("<|im_end|>\n", add_special_tokens=False)["input_ids"] or llama_tok.eos_token_id in trained
+    masked = [t for t, label in zip(out["input_ids"], out["labels"], strict=True) if label == IGNORE_INDEX]
+    # written out by hand: the answer and its end of turn train; BOS, system, user and the assistant header do not
+    assert llama_tok.decode(trained) == "blue plum apple<|im_end|>"
+    assert llama_tok.decode(masked) == (
+        "<s><|im_start|>system\nYou reverse words.<|im_end|>\n"
+        "<|im_start|>user\nReverse: apple plum blue\nAnswer:<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_sft_drops_rows_with_nothing_to_train_and_errors_when_none_left(gpt2_tok):
@@ -71,9 +77,11 @@ def test_causal_lm_trains_every_token_in_blocks(gpt2_tok, packing):
     out = CausalLMObjective(CausalLMOptions(packing=packing)).tokenize(texts, gpt2_tok, max_length=16)
     assert all(len(ids) <= 16 for ids in out["input_ids"])
     assert all(ids == labels for ids, labels in zip(out["input_ids"], out["labels"], strict=True))
-    total = sum(len(ids) for ids in out["input_ids"])
-    expected = sum(len(gpt2_tok(t)["input_ids"]) + 1 for t in texts["text"])  # + EOS each
-    assert total == expected
+    # every token of both texts, in order, each text closed by EOS (written out by hand)
+    flat = [t for ids in out["input_ids"] for t in ids]
+    assert gpt2_tok.decode(flat) == "red green blue " * 20 + "<|endoftext|>" + "cat dog<|endoftext|>"
+    if not packing:  # a row's blocks hold only that row
+        assert gpt2_tok.decode(out["input_ids"][-1]) == "cat dog<|endoftext|>"
     if packing:
         assert all(len(ids) == 16 for ids in out["input_ids"][:-1])
 
