@@ -213,6 +213,41 @@ def test_hook_register_model_aliases(tiny_gpt2):
     assert Tuner(model="team-base", strategy="full").model.config.n_layer == 2
 
 
+def test_hook_register_trainer_callbacks(tiny_gpt2, tmp_path):
+    from transformers import TrainerCallback
+
+    steps, begun = [], []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    class Begun(TrainerCallback):  # registered as a class: the Trainer makes the instance
+        def on_train_begin(self, args, state, control, **kwargs):
+            begun.append(state.max_steps)
+
+    class P:
+        @hookimpl
+        def register_trainer_callbacks(self, register):
+            register(CountSteps())
+            register(Begun)
+
+    _fit_with(P(), tiny_gpt2, tmp_path, max_steps=3)
+    assert steps == [1, 2, 3] and begun == [3]
+
+
+def test_a_trainer_callback_that_is_not_one_is_refused_naming_its_plugin(tiny_gpt2, tmp_path):
+    from tunekit import PluginError
+
+    class P:
+        @hookimpl
+        def register_trainer_callbacks(self, register):
+            register(lambda *a: None)
+
+    with pytest.raises(PluginError, match="plugin 'watcher' registered .* as a trainer callback"):
+        _fit_with(P(), tiny_gpt2, tmp_path, max_steps=1)
+
+
 def _fit_with(plugin, tiny_gpt2, tmp_path, **training):
     register_plugin(plugin, name="watcher")
     return Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "r"), training=quick(**training)).fit(sft_rows(8), eval=sft_rows(2, seed=4))

@@ -23,21 +23,33 @@ Built-in parts are registered through these same hooks (see :mod:`tunekit.builti
 so a plugin's part is a first-class citizen: it is validated, listed by
 ``tunekit plugins`` and chosen by name exactly like ``"lora"``.
 
-The ``register_*`` hooks are called once when the plugin manager is created. The
-``on_*`` hooks are lifecycle callbacks called during :meth:`tunekit.Tuner.fit`; every
-implementation is called (none of them is ``firstresult``) and return values are ignored.
+Hooks are called through pluggy, so ``@hookimpl(tryfirst=True)``, ``trylast=True``,
+``wrapper=True`` and ``hookwrapper=True`` behave as pluggy documents them. Every
+implementation is called (none of the hooks is ``firstresult``) and return values are ignored.
+
+The part hooks (``register_strategies`` ... ``register_model_aliases``) are called when the
+plugin manager is built, and again when a plugin is added in-process with
+:func:`tunekit.plugins.register_plugin`: an implementation should only call ``register``.
+Parts are registered in the order pluggy calls the implementations (a plugin loaded later,
+or marked ``tryfirst``, comes first); every part is credited to the plugin whose
+implementation called ``register``.
+
+``register_trainer_callbacks`` is called at the start of every :meth:`tunekit.Tuner.fit`:
+each ``transformers.TrainerCallback`` it registers joins that fit's Trainer. The ``on_*``
+hooks are tunekit's own lifecycle callbacks during ``fit``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
+    # results.py is a bottom-layer value module (it imports nothing from tunekit); the facade is
+    # not imported here at all, not even for typing: see TunerView.
     from tunekit.results import FitResult
-    from tunekit.tuner import Tuner
 
 PROJECT_NAME = "tunekit"
 
@@ -51,6 +63,33 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 Register = Callable[[type[Any]], None]
+RegisterCallback = Callable[[Any], None]
+"""``register(callback)``: a ``transformers.TrainerCallback`` instance, or a subclass (the Trainer
+makes one instance)."""
+
+
+class TunerView(Protocol):
+    """What the ``on_*`` hooks may use of the :class:`tunekit.Tuner` they are given.
+
+    Hookspecs sit below the facade, so they name the attributes plugins use instead of
+    importing it.
+    """
+
+    @property
+    def config(self) -> Any:
+        """The run's :class:`tunekit.TuneConfig`."""
+
+    @property
+    def strategy(self) -> Any:
+        """The strategy part instance (``tuner.strategy.name``)."""
+
+    @property
+    def model(self) -> Any:
+        """The prepared ``torch.nn.Module`` being trained."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer the rows were tokenized with."""
 
 
 @hookspec
@@ -103,20 +142,31 @@ def register_model_aliases(register: Register) -> None:
 
 
 @hookspec
-def on_fit_start(tuner: Tuner) -> None:
+def register_trainer_callbacks(register: RegisterCallback) -> None:
+    """Register ``transformers.TrainerCallback`` objects that join the Trainer of every ``fit``.
+
+    Called once at the start of each fit; call ``register(callback)`` once per callback (an
+    instance, or a ``TrainerCallback`` subclass). A callback gets everything the Trainer gives
+    its callbacks (``args``, ``state``, ``control``, ``model``, ...) and may steer the run
+    through ``control`` (``control.should_training_stop = True``).
+    """
+
+
+@hookspec
+def on_fit_start(tuner: TunerView) -> None:
     """Called once before the first training step, after the model is prepared."""
 
 
 @hookspec
-def on_log(tuner: Tuner, step: int, logs: dict[str, float]) -> None:
+def on_log(tuner: TunerView, step: int, logs: dict[str, float]) -> None:
     """Called at each logging step with the logged values (``loss``, ``learning_rate``, ...)."""
 
 
 @hookspec
-def on_evaluate(tuner: Tuner, step: int, metrics: dict[str, float]) -> None:
+def on_evaluate(tuner: TunerView, step: int, metrics: dict[str, float]) -> None:
     """Called after each evaluation during ``fit`` with its metrics (``eval_loss``, ...)."""
 
 
 @hookspec
-def on_fit_end(tuner: Tuner, result: FitResult) -> None:
+def on_fit_end(tuner: TunerView, result: FitResult) -> None:
     """Called once after training finished, with the typed result of ``fit``."""

@@ -15,8 +15,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
+from types import CodeType, FrameType
 from typing import Any
 
 import pluggy
@@ -101,7 +104,7 @@ def _api_mismatch(module: Any, name: str, dist: str) -> str | None:
     declared = getattr(module, "TUNEKIT_API_VERSION", None)
     if declared == hookspecs.API_VERSION:
         return None
-    from tunekit import __version__
+    from tunekit.version import __version__
 
     if declared is None:
         return (
@@ -114,18 +117,85 @@ def _api_mismatch(module: Any, name: str, dist: str) -> str | None:
     )
 
 
-def _fill_registries(pm: pluggy.PluginManager, plugins: Plugins) -> None:
+def _impl_frames(hook: pluggy.HookCaller) -> dict[CodeType, list[pluggy.HookImpl]]:
+    """The code objects of a hook's implementations (and of what a decorator wrapped), -> impls."""
+    by_code: dict[CodeType, list[pluggy.HookImpl]] = {}
+    for impl in hook.get_hookimpls():
+        function: Any = impl.function
+        seen = set()
+        while function is not None and id(function) not in seen:
+            seen.add(id(function))
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            if isinstance(code, CodeType):
+                by_code.setdefault(code, []).append(impl)
+            function = getattr(function, "__wrapped__", None)
+    return by_code
+
+
+def _running_impl(by_code: dict[CodeType, list[pluggy.HookImpl]]) -> pluggy.HookImpl | None:
+    """The hook implementation whose frame is nearest on the stack (it, or a helper of it, is
+    calling ``register``)."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        impls = by_code.get(frame.f_code)
+        if impls:
+            if len(impls) == 1:
+                return impls[0]
+            # Two instances of one plugin class share the code: tell them apart by ``self``/``cls``.
+            first = frame.f_code.co_varnames[0] if frame.f_code.co_argcount else None
+            bound = frame.f_locals.get(first) if first else None
+            for impl in impls:
+                if getattr(impl.function, "__self__", None) is bound:
+                    return impl
+            return impls[0]
+        frame = frame.f_back
+    return None
+
+
+def call_register_hook(
+    pm: pluggy.PluginManager, hook_name: str, add: Callable[[Any, str], None], labels: dict[str, str]
+) -> None:
+    """Call ``pm.hook.<hook_name>(register=...)`` and hand each registered object to ``add(obj, plugin)``.
+
+    The call goes through pluggy, so ``tryfirst``/``trylast``, ``wrapper=True`` and
+    ``hookwrapper=True`` implementations work as pluggy documents them. pluggy passes one
+    ``register`` to every implementation, so to credit each registration to its plugin
+    ``register`` looks up the stack for the frame of the implementation that is running: a
+    hook implementation is a Python function (pluggy accepts nothing else), so its code
+    object is on the stack whenever it, a helper it calls, or (for a wrapper) its generator
+    is running. Unlike wrapping ``impl.function`` (a ``Final`` attribute of pluggy's) or
+    calling each plugin alone with ``subset_hook_caller`` (which would leave one plugin's
+    wrapper out of another's call), this changes nothing about how pluggy calls the hook.
+    ``labels`` maps pluggy's plugin names to the names shown to users.
+    """
+    hook = getattr(pm.hook, hook_name)
+    by_code = _impl_frames(hook)
+    calling = True
+
+    def register(obj: Any) -> None:
+        impl = _running_impl(by_code) if calling else None
+        if impl is None:
+            raise PluginError(
+                f"`register` of the {hook_name} hook was called {'outside' if calling else 'after'} the hook "
+                f"implementation it was given to ({obj!r}). Call it from inside your @hookimpl {hook_name}."
+            )
+        add(obj, labels.get(impl.plugin_name, impl.plugin_name))
+
+    try:
+        hook(register=register)
+    finally:
+        calling = False
+
+
+def _fill_registries(pm: pluggy.PluginManager, plugins: Plugins) -> dict[str, Registry]:
+    """Fresh registries filled by one pluggy call of each ``register_*`` part hook."""
+    order: dict[str, int] = {}
+    for i, (name, _) in enumerate(pm.list_name_plugin()):
+        order.setdefault(plugins.distributions.get(name, name), i)
+    registries = {kind: Registry(kind, load_order=order) for kind in KINDS}
     for kind, hook_name in _REGISTER_HOOKS.items():
-        registry = plugins.registries[kind]
-        hook = getattr(pm.hook, hook_name)
-        # Call each implementation on its own so a registration knows which plugin made it.
-        for impl in hook.get_hookimpls():  # registration order: built-ins first
-            plugin = plugins.distributions.get(impl.plugin_name, impl.plugin_name)
-
-            def register(cls: type[Any], _plugin: str = plugin, _registry: Registry = registry) -> None:
-                _registry.add(cls, _plugin)
-
-            impl.function(register=register)
+        call_register_hook(pm, hook_name, registries[kind].add, plugins.distributions)
+    return registries
 
 
 def build_plugins() -> Plugins:
@@ -133,7 +203,9 @@ def build_plugins() -> Plugins:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     plugins = Plugins(manager=pm, registries={kind: Registry(kind) for kind in KINDS})
-    for module_name in BUILTIN_MODULES:
+    # pluggy calls the plugin registered last first: registering the built-ins in reverse makes
+    # them register their parts in the order listed. Entry points, loaded later, come before them.
+    for module_name in reversed(BUILTIN_MODULES):
         pm.register(importlib.import_module(module_name), name=module_name)
         plugins.distributions[module_name] = BUILTIN_PLUGIN
     _load_entry_points(pm, plugins)
@@ -146,7 +218,7 @@ def build_plugins() -> Plugins:
             f"have: {exc}. Known hooks: "
             f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith(('register_', 'on_'))))}."
         ) from exc
-    _fill_registries(pm, plugins)
+    plugins.registries = _fill_registries(pm, plugins)
     for registry in plugins.registries.values():
         registry.failed_plugins = plugins.failed
     return plugins
@@ -169,6 +241,26 @@ def reset_plugins() -> None:
     _PLUGINS = None
 
 
+def trainer_callbacks() -> list[Any]:
+    """The ``transformers.TrainerCallback`` objects plugins add to a fit (``register_trainer_callbacks``)."""
+    from transformers import TrainerCallback
+
+    plugins = get_plugins()
+    callbacks: list[Any] = []
+
+    def add(callback: Any, plugin: str) -> None:
+        is_class = isinstance(callback, type)
+        if not (issubclass(callback, TrainerCallback) if is_class else isinstance(callback, TrainerCallback)):
+            raise PluginError(
+                f"plugin {plugin!r} registered {callback!r} as a trainer callback; register a "
+                "transformers.TrainerCallback instance or subclass."
+            )
+        callbacks.append(callback)
+
+    call_register_hook(plugins.manager, "register_trainer_callbacks", add, plugins.distributions)
+    return callbacks
+
+
 def get_registry(kind: str) -> Registry:
     """The registry of one kind of part: ``strategy``, ``quantizer``, ``dataset_adapter``,
     ``objective``, ``metric`` or ``model_alias``."""
@@ -187,28 +279,20 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     plugins = get_plugins()
     pm = plugins.manager
     plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
+    if pm.has_plugin(plugin_name) or pm.is_registered(plugin):
+        raise PluginError(f"a plugin named {plugin_name!r} (or this very object) is already registered; give another name.")
     pm.register(plugin, name=plugin_name)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         pm.unregister(plugin)
         raise PluginError(f"plugin {plugin_name!r} implements a hook tunekit does not have: {exc}") from exc
-    added: list[tuple[str, str]] = []
-
-    def adder(kind: str) -> Any:
-        def register(cls: type[Any]) -> None:
-            plugins.registries[kind].add(cls, plugin_name)
-            added.append((kind, cls.name))
-
-        return register
-
+    # Every part hook is called again, through pluggy, with the new plugin among the others: its
+    # tryfirst/trylast and everyone's wrappers apply to it as they would to an entry point.
     try:
-        for kind, hook_name in _REGISTER_HOOKS.items():
-            impl_fn = getattr(plugin, hook_name, None)
-            if impl_fn is not None:
-                impl_fn(register=adder(kind))
+        registries = _fill_registries(pm, plugins)
     except BaseException:
-        for kind, name in added:
-            plugins.registries[kind].remove(name)
-        pm.unregister(plugin)
+        pm.unregister(plugin)  # the registries are left as they were
         raise
+    for kind, registry in registries.items():
+        plugins.registries[kind].replace_with(registry)

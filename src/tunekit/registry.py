@@ -38,11 +38,14 @@ class Registry:
     True
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, load_order: dict[str, int] | None = None):
         self.kind = kind
         self._parts: dict[str, Registration] = {}
         self.failed_plugins: dict[str, str] = {}
         """Entry-point plugins that could not be loaded (name -> why), named in unknown-part errors."""
+        self.load_order: dict[str, int] = dict(load_order or {})
+        """plugin -> when it was loaded; a duplicate blames the plugin loaded later, whatever
+        order pluggy called the hooks in."""
 
     def add(self, cls: type[Any], plugin: str) -> None:
         name = getattr(cls, "name", None)
@@ -56,16 +59,22 @@ class Registry:
                 "subclass tunekit.parts.PartOptions (use NoOptions when it takes none)."
             )
         if name in self._parts:
-            first = self._parts[name]
+            unknown = len(self.load_order)  # a plugin not in the order was added last
+            first, second = sorted((self._parts[name].plugin, plugin), key=lambda p: self.load_order.get(p, unknown))
             raise PluginError(
-                f"{self.kind} {name!r} is registered twice: by plugin {first.plugin!r} "
-                f"and by plugin {plugin!r}. Uninstall one of them, or block one with "
-                f"TUNEKIT_BLOCK_PLUGINS={plugin}."
+                f"{self.kind} {name!r} is registered twice: by plugin {first!r} "
+                f"and by plugin {second!r}. Uninstall one of them, or block one with "
+                f"TUNEKIT_BLOCK_PLUGINS={second}."
             )
         self._parts[name] = Registration(self.kind, name, cls, plugin)
 
     def remove(self, name: str) -> None:
         self._parts.pop(name, None)
+
+    def replace_with(self, other: Registry) -> None:
+        """Take ``other``'s parts (a refill after a plugin was added), keeping this object."""
+        self._parts = dict(other._parts)
+        self.load_order = dict(other.load_order)
 
     def get(self, name: str, *, location: str | None = None) -> Registration:
         """The registration for ``name``; an unknown name names the installed ones and the closest."""

@@ -133,9 +133,10 @@ def plot_report(report: CompareReport, path: Path, *, metric: str | None = None)
         ax.legend(handles=handles, loc="upper right", fontsize=9, title="candidate")
 
     name = next((m for m in report.metrics if report.column_for(m) == column), column)
-    direction = "higher" if is_higher_better(column) else "lower"
+    higher = is_higher_better(column)
     metric_label = LABELS.get(column, name)
-    _bars(fig.add_subplot(grid[1, 0]), report, column, metric_label, f"{metric_label} ({direction} is better)", ".4g",
+    direction = "" if higher is None else f" ({'higher' if higher else 'lower'} is better)"
+    _bars(fig.add_subplot(grid[1, 0]), report, column, metric_label, f"{metric_label}{direction}", ".4g",
           zoom=True)
     _bars(fig.add_subplot(grid[1, 1]), report, "trainable_params", "trainable parameters",
           "Trainable parameters", ",.0f", log=True)

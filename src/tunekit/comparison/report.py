@@ -28,11 +28,14 @@ MIB = 2**20
 # Metric names a user may pass to ``best``/``plot`` that are columns under another name.
 ALIASES = {"loss": "eval_loss", "perplexity": "perplexity", "eval_perplexity": "perplexity", "memory": "peak_memory_mib"}
 BUILTIN_METRICS = ("loss", "perplexity")
+# The direction of the report's own measurements; a metric's comes from its registered part.
 LOWER_IS_BETTER = {
-    "eval_loss", "perplexity", "train_loss", "peak_memory_mib", "wall_time_s", "saved_mib",
+    "train_loss", "peak_memory_mib", "wall_time_s", "saved_mib",
     "trainable_params", "trainable_percent", "total_params",
 }
-HIGHER_IS_BETTER = {"tokens_per_second"}
+HIGHER_IS_BETTER = {"tokens_per_second", "tokens_seen", "steps"}
+# Columns that hold a registered metric under another name.
+METRIC_OF_COLUMN = {"eval_loss": "loss", "perplexity": "perplexity"}
 
 
 class RunRecord(BaseModel):
@@ -68,11 +71,21 @@ class RunRecord(BaseModel):
     log_path: str | None = None
 
 
-def is_higher_better(column: str) -> bool:
-    """Whether a larger value of ``column`` is better (losses, costs and sizes are better smaller)."""
+def is_higher_better(column: str) -> bool | None:
+    """Whether a larger value of ``column`` is better: costs and sizes are better smaller; a metric
+    says so itself (``Metric.higher_is_better`` of its registered part). ``None`` when nobody
+    knows (a metric whose plugin is not installed here)."""
     if column in HIGHER_IS_BETTER:
         return True
-    return not (column in LOWER_IS_BETTER or column.endswith(("loss", "error", "perplexity", "_time_s")))
+    if column in LOWER_IS_BETTER:
+        return False
+    from tunekit.plugins import get_registry
+
+    metrics = get_registry("metric")
+    name = METRIC_OF_COLUMN.get(column, column)
+    if name in metrics:
+        return bool(metrics.get(name).cls.higher_is_better)
+    return None
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -250,13 +263,18 @@ class CompareReport(BaseModel):
     def best(self, metric: str = "loss", *, higher_is_better: bool | None = None) -> CandidateResult:
         """The candidate with the best mean ``metric`` over its successful runs.
 
-        Losses, perplexity, memory, time, size and parameter counts are better lower;
-        everything else (``tokens_per_second``, ``exact_match``...) higher, unless
-        ``higher_is_better`` says otherwise.
+        Memory, time, size and parameter counts are better lower, ``tokens_per_second``
+        higher; a metric (``loss``, ``exact_match``, a plugin's) goes the way its registered
+        part's ``higher_is_better`` says, unless ``higher_is_better`` is given here.
         """
         column = self.column_for(metric)
         if higher_is_better is None:
             higher_is_better = is_higher_better(column)
+        if higher_is_better is None:
+            raise TunekitError(
+                f"metric {metric!r} is not registered here (is the plugin that provides it installed?), so "
+                "which way is better is unknown; pass best(..., higher_is_better=True or False)."
+            )
         scored = [(mean, c) for c in self.candidates if (mean := c.stat(column)[0]) is not None and math.isfinite(mean)]
         if not scored:
             raise TunekitError(f"no candidate has a value for {metric!r}; see the errors in the report.")

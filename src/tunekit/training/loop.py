@@ -76,7 +76,9 @@ def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: b
             if self.bar is not None:
                 self.bar.close()
 
-    return [Recorder()] + ([Progress()] if progress else [])
+    from tunekit.plugins import trainer_callbacks
+
+    return [Recorder()] + ([Progress()] if progress else []) + trainer_callbacks()
 
 
 def train(
