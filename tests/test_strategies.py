@@ -53,7 +53,9 @@ def test_full_changes_every_parameter(tiny_gpt2, tmp_path):
     result = tuner.fit(sft_rows(16))
     changed = {n for n, p in tuner.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == set(before)
-    assert result.trainable_params == result.total_params == sum(p.numel() for p in tuner.model.parameters())
+    # the tiny GPT-2 counted by hand (n_embd 64, 2 layers, vocab 400, 512 positions; the head is tied to wte)
+    block = 2 * 2 * 64 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)  # 2 LayerNorms, 4 linears
+    assert result.trainable_params == result.total_params == 400 * 64 + 512 * 64 + 2 * block + 2 * 64 == 158464
 
 
 @pytest.mark.parametrize("last_n_blocks", [0, 1])
@@ -106,6 +108,12 @@ def test_lora_base_unchanged_counts_match_peft_and_adapter_loads_in_plain_peft(t
     before = _snapshot(model)
     result = tuner.fit(sft_rows(16))
     assert (result.trainable_params, result.total_params) == model.get_nb_trainable_parameters()
+    # rank 4 on every linear layer, by hand: 4 * (in + out) per layer, 2 layers
+    per_layer = {
+        "gpt2": (64 + 192) + (64 + 64) + (64 + 256) + (256 + 64),  # c_attn, c_proj, c_fc, mlp.c_proj
+        "llama": (64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128),  # q, k and v (2 kv heads of 16), o, gate/up/down
+    }
+    assert result.trainable_params == 2 * 4 * per_layer[tiny_model.name] == 8192
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)  # base weights bit-for-bit unchanged
     assert any("lora_B" in n for n in changed)
