@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import NoOptions
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 
@@ -23,6 +26,9 @@ class FullStrategy:
     Options: ClassVar[type[NoOptions]] = NoOptions
     default_learning_rate: ClassVar[float] = 2e-5
     uses_adapters: ClassVar[bool] = False
+    trains_tied_weights: ClassVar[bool] = True  # training tied weights together is what full fine-tuning means
+    format: ClassVar[ModelDirectoryFormat] = MODEL_DIRECTORY
+    """Saved as a transformers model directory that plain ``from_pretrained`` loads."""
 
     def __init__(self, options: NoOptions):
         self.options = options
@@ -36,10 +42,19 @@ class FullStrategy:
             )
         return None
 
-    def prepare(self, model: torch.nn.Module, *, quantized: bool) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
+
+    def save(self, model: torch.nn.Module, directory: Path) -> str:
+        return self.format.save(model, directory)
+
+    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
+        return self.format.load(base_model, directory)
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        return self.format.merge(model, tokenizer)
 
 
 @hookimpl

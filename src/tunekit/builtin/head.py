@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from tunekit.errors import ConfigError, Problem
+from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.models.inspect import decoder_blocks
 from tunekit.parts import PartOptions
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 
@@ -39,6 +42,9 @@ class HeadStrategy:
     Options: ClassVar[type[HeadOptions]] = HeadOptions
     default_learning_rate: ClassVar[float] = 5e-4
     uses_adapters: ClassVar[bool] = False
+    trains_tied_weights: ClassVar[bool] = False  # a tied head is untied first
+    format: ClassVar[ModelDirectoryFormat] = MODEL_DIRECTORY
+    """Saved as a transformers model directory that plain ``from_pretrained`` loads."""
 
     def __init__(self, options: HeadOptions):
         self.options = options
@@ -54,7 +60,7 @@ class HeadStrategy:
             )
         return None
 
-    def prepare(self, model: torch.nn.Module, *, quantized: bool) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import torch
 
         for param in model.parameters():
@@ -79,6 +85,15 @@ class HeadStrategy:
                 for param in block.parameters():
                     param.requires_grad_(True)
         return model
+
+    def save(self, model: torch.nn.Module, directory: Path) -> str:
+        return self.format.save(model, directory)
+
+    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
+        return self.format.load(base_model, directory)
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        return self.format.merge(model, tokenizer)
 
 
 def _untie_in_config(model: torch.nn.Module) -> None:

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tunekit.errors import ConfigError, Problem
+from tunekit.formats import PEFT_ADAPTER, PeftAdapterFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
 
@@ -92,6 +95,9 @@ class LoraStrategy:
     Options: ClassVar[type[LoraOptions]] = LoraOptions
     default_learning_rate: ClassVar[float] = 2e-4
     uses_adapters: ClassVar[bool] = True
+    trains_tied_weights: ClassVar[bool] = False
+    format: ClassVar[PeftAdapterFormat] = PEFT_ADAPTER
+    """Saved as a peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
 
     def __init__(self, options: LoraOptions):
         self.options = options
@@ -149,10 +155,19 @@ class LoraStrategy:
         if problems:
             raise ConfigError(problems)
 
-    def prepare(self, model: torch.nn.Module, *, quantized: bool) -> torch.nn.Module:
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         from peft import get_peft_model
 
         return get_peft_model(model, self.peft_config(model))  # type: ignore[arg-type]
+
+    def save(self, model: torch.nn.Module, directory: Path) -> str:
+        return self.format.save(model, directory)
+
+    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
+        return self.format.load(base_model, directory)
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        return self.format.merge(model, tokenizer)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from tunekit.data.chat import AnswerSpan, adds_special_tokens, answer_spans, eos_id, render_chat, special_ids
-from tunekit.data.collate import IGNORE_INDEX
+from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
 from tunekit.errors import DataError
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions
@@ -88,6 +88,10 @@ class SFTObjective:
     # can start with a piece (SentencePiece's lone "▁", a merge across the boundary) that never
     # occurs in the text the model sees at inference. Offsets also need one tokenization per row
     # where checking rendered prefixes needs one per turn.
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> PadPerBatch:
+        """Rows padded per batch (labels with -100), masked by position so a pad-equals-EOS token still trains."""
+        return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
+
     def _prompt_completion(
         self, prompt: str, completion: str, tokenizer: PreTrainedTokenizerBase, eos: int
     ) -> tuple[list[int], list[int]]:
@@ -204,6 +208,10 @@ class CausalLMObjective:
         return rows.map(
             blocks, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenizing (causal-lm)"
         )
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase) -> PadPerBatch:
+        """Blocks padded per batch (only a stream's last block is short)."""
+        return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
 
 
 def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:

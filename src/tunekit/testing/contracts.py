@@ -43,10 +43,15 @@ def check_strategy(
 ) -> StrategyReport:
     """Fit a few steps with ``strategy`` and check it leaves frozen exactly what it claims.
 
-    Checks: every parameter it leaves frozen (``requires_grad=False``) is bit-for-bit unchanged
-    after ``fit``; at least one trainable parameter changed; the counts ``fit`` reports equal
-    the model's own; the result saves and reloads with equal logits.
+    Checks: the strategy implements the whole protocol (``prepare(model)``, ``save``, ``load``,
+    ``merge``, ``trains_tied_weights``); every parameter it leaves frozen (``requires_grad=False``)
+    is bit-for-bit unchanged after ``fit``; at least one trainable parameter changed; the counts
+    ``fit`` reports equal the model's own; ``save`` names its format and the save reloads
+    (``Tuner.load``) with equal logits; ``merge`` gives a model whose standalone save reloads with
+    the same logits too.
     """
+    import json
+
     import torch
 
     from tunekit.tuner import Tuner
@@ -56,6 +61,7 @@ def check_strategy(
             model=str(model), strategy=strategy, quantizer=quantizer, output_dir=str(Path(tmp) / "run"),
             training={"max_steps": steps, "learning_rate": learning_rate, "batch_size": 8, "progress_bar": False, "logging_steps": 1},
         )
+        _check_protocol(tuner.strategy)
         net = tuner.model
         before = {n: p.detach().clone() for n, p in net.named_parameters()}
         report = StrategyReport(trainable={n for n, p in net.named_parameters() if p.requires_grad})
@@ -74,13 +80,42 @@ def check_strategy(
         if counted != result.trainable_params:
             raise ContractViolation(f"fit reported {result.trainable_params} trainable parameters, the model has {counted}")
         saved = tuner.save(Path(tmp) / "saved")
+        saved_format = json.loads((saved / "tunekit.json").read_text(encoding="utf-8"))["format"]
+        if not isinstance(saved_format, str) or not saved_format:
+            raise ContractViolation(f"strategy {strategy!r}: save must return the name of the format it wrote, got {saved_format!r}")
         reloaded = Tuner.load(saved).model.eval()
         ids = torch.tensor([[1, 2, 3, 4, 5]], device=next(net.parameters()).device)  # the process's device
         net.eval()
         with torch.no_grad():
-            if not torch.allclose(net(ids).logits, reloaded(ids).logits, atol=1e-5):
+            tuned = net(ids).logits
+            if not torch.allclose(tuned, reloaded(ids).logits, atol=1e-5):
                 raise ContractViolation(f"a model tuned with {strategy!r} does not reload with the same logits")
+        if not quantizer or quantizer == "none":  # a merge into a quantized base is refused by design
+            merged = Tuner.load(tuner.save_merged(Path(tmp) / "merged")).model.eval()
+            with torch.no_grad():
+                if not torch.allclose(tuned, merged(ids).logits, atol=1e-4 * max(1.0, float(tuned.abs().max()))):
+                    raise ContractViolation(f"strategy {strategy!r}: the merged model's logits differ from the tuned model's")
     return report
+
+
+def _check_protocol(strategy: Any) -> None:
+    """The methods and attributes of :class:`tunekit.parts.Strategy` are all there, with the right shape."""
+    import inspect
+
+    missing = [n for n in ("prepare", "save", "load", "merge") if not callable(getattr(strategy, n, None))]
+    if not isinstance(getattr(strategy, "trains_tied_weights", None), bool):
+        missing.append("trains_tied_weights (a bool)")
+    if missing:
+        raise ContractViolation(
+            f"strategy {strategy.name!r} lacks {', '.join(missing)} (see tunekit.parts.Strategy); a strategy that "
+            "saves a peft adapter or a transformers model directory can delegate save/load/merge to "
+            "tunekit.formats.PEFT_ADAPTER or tunekit.formats.MODEL_DIRECTORY"
+        )
+    if "quantized" in inspect.signature(strategy.prepare).parameters:
+        raise ContractViolation(
+            f"strategy {strategy.name!r}: prepare takes `quantized`, which tunekit no longer passes (it is the "
+            "first protocol's); declare prepare(self, model) and refuse a quantized base in check_quantizer"
+        )
 
 
 def check_dataset_adapter(adapter: str | dict[str, Any], source: Any) -> Any:

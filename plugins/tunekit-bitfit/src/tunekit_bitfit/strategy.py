@@ -8,6 +8,7 @@ from pydantic import Field
 
 from tunekit import ConfigError
 from tunekit.errors import Problem
+from tunekit.formats import MODEL_DIRECTORY
 from tunekit.parts import PartOptions
 
 
@@ -17,13 +18,19 @@ class BitFitOptions(PartOptions):
 
 
 class BitFitStrategy:
-    """Only bias parameters train; everything else stays bit-for-bit frozen."""
+    """Only bias parameters train; everything else stays bit-for-bit frozen.
+
+    The biases are the model's own weights, so what was tuned is saved as a transformers model
+    directory (tunekit's shared ``MODEL_DIRECTORY`` format): plain ``from_pretrained`` loads it,
+    and merging has nothing to fold in.
+    """
 
     name: ClassVar[str] = "bitfit"
     description: ClassVar[str] = "BitFit: only the bias terms train (optionally the norm weights)."
     Options: ClassVar[type[BitFitOptions]] = BitFitOptions
     default_learning_rate: ClassVar[float] = 1e-3
     uses_adapters: ClassVar[bool] = False
+    trains_tied_weights: ClassVar[bool] = False
 
     def __init__(self, options: BitFitOptions):
         self.options = options
@@ -33,7 +40,7 @@ class BitFitStrategy:
             return f"'bitfit' updates base parameters, which a {quantizer.name!r} base cannot train; use quantizer='none'."
         return None
 
-    def prepare(self, model, *, quantized):
+    def prepare(self, model):
         norm_types = ("LayerNorm", "RMSNorm")
         head = model.get_output_embeddings()
         head_params = {id(p) for p in head.parameters()} if head is not None else set()
@@ -52,3 +59,12 @@ class BitFitStrategy:
                 "use strategy={'name': 'bitfit', 'include_norms': true} or another strategy.",
             )])
         return model
+
+    def save(self, model, directory):
+        return MODEL_DIRECTORY.save(model, directory)
+
+    def load(self, base_model, directory):
+        return MODEL_DIRECTORY.load(base_model, directory)
+
+    def merge(self, model, tokenizer):
+        return MODEL_DIRECTORY.merge(model, tokenizer)

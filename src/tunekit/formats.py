@@ -1,0 +1,84 @@
+"""The save formats strategies share: a peft adapter directory and a transformers model directory.
+
+A strategy owns how what it trained is written and read back (``Strategy.save`` / ``load`` /
+``merge``); most strategies write one of these two formats, so they compose one of the objects
+here instead of writing their own. The files are what other tools load:
+
+- :data:`PEFT_ADAPTER` (format ``"adapter"``): peft's ``adapter_config.json`` +
+  ``adapter_model.safetensors``, reloaded onto the original base with
+  ``peft.PeftModel.from_pretrained``, merged with the verified merge of :mod:`tunekit.merging`.
+- :data:`MODEL_DIRECTORY` (format :data:`STANDALONE`, ``"full"``): a transformers model
+  directory (``config.json`` + ``model.safetensors``) that ``AutoModelForCausalLM.from_pretrained``
+  loads; it is its own base, so loading it needs nothing more and merging changes nothing.
+
+>>> class MyAdapterStrategy:  # prepare returns a peft.PeftModel; saving and loading are peft's
+...     def save(self, model, directory):
+...         return PEFT_ADAPTER.save(model, directory)
+>>> MODEL_DIRECTORY.format, PEFT_ADAPTER.format
+('full', 'adapter')
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+STANDALONE = "full"
+"""The format of a save that is a complete transformers model directory. ``Tuner.load`` loads such a
+save as the base itself; a save in any other format is loaded onto the original base model by the
+strategy's ``load``. A merged model (``Tuner.save_merged``) is always saved in this format."""
+
+
+@dataclass(frozen=True)
+class PeftAdapterFormat:
+    """Save / load / merge for strategies whose ``prepare`` returns a ``peft.PeftModel``."""
+
+    format: str = "adapter"
+
+    def save(self, model: torch.nn.Module, directory: str | Path) -> str:
+        """Write the adapter (``adapter_config.json`` + ``adapter_model.safetensors``); return the format."""
+        model.save_pretrained(str(directory))  # type: ignore[operator]
+        return self.format
+
+    def load(self, base_model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:
+        """The saved adapter on ``base_model``, trainable (so training can continue from it)."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(directory), is_trainable=True)  # type: ignore[arg-type]
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        """The adapters folded into the base, verified on probe inputs (:func:`tunekit.merging.verified_merge`)."""
+        from tunekit.merging import verified_merge
+
+        return verified_merge(model, tokenizer)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ModelDirectoryFormat:
+    """Save / load / merge for strategies that train the model's own weights in place."""
+
+    format: str = STANDALONE
+
+    def save(self, model: torch.nn.Module, directory: str | Path) -> str:
+        """Write a transformers model directory (``config.json`` + ``model.safetensors``); return the format."""
+        model.save_pretrained(str(directory))  # type: ignore[operator]
+        return self.format
+
+    def load(self, base_model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:
+        """A standalone save is loaded as the base itself (see :data:`STANDALONE`): nothing to add."""
+        return base_model
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        """Nothing to fold in: the tuned weights are the model's own."""
+        return model
+
+
+PEFT_ADAPTER = PeftAdapterFormat()
+MODEL_DIRECTORY = ModelDirectoryFormat()
