@@ -306,15 +306,18 @@ def read_saved_meta(folder: Path, meta_name: str, config_name: str) -> dict[str,
         ) from None
     if not isinstance(meta, dict):
         raise ModelLoadError(f"{str(meta_path)!r} must hold a JSON object, got {type(meta).__name__}; {fix}.")
-    if meta.get("format") not in ("adapter", "full"):
+    # "adapter" and "full" are the built-in formats; a plugin strategy's own format is accepted when
+    # the save names its strategy (whose load checks its own files)
+    fmt = meta.get("format")
+    if fmt not in ("adapter", "full") and not (isinstance(fmt, str) and fmt and isinstance(meta.get("strategy"), str)):
         raise ModelLoadError(
             f"{str(meta_path)!r} has format {meta.get('format')!r}; a model saved by tunekit has format "
-            f"'adapter' or 'full'. {fix[0].upper() + fix[1:]}."
+            f"'adapter', 'full', or a plugin strategy's own format next to the strategy's name. {fix[0].upper() + fix[1:]}."
         )
     if not (folder / config_name).is_file():
         raise ModelLoadError(f"{str(folder)!r} has a {meta_name} but no {config_name} (the run's configuration); {fix}.")
-    needed = "adapter_config.json" if meta["format"] == "adapter" else "config.json"
-    if not (folder / needed).is_file():
+    needed = {"adapter": "adapter_config.json", "full": "config.json"}.get(meta["format"])
+    if needed is not None and not (folder / needed).is_file():
         what = "an adapter" if meta["format"] == "adapter" else "a full model"
         raise ModelLoadError(f"{str(meta_path)!r} says the folder holds {what}, but it has no {needed}; {fix}.")
     return meta

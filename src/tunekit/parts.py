@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict
 from tunekit.errors import DataError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     import torch
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

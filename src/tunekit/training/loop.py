@@ -95,8 +95,13 @@ def train(
     on_evaluate: Any,
     resume_from: str | None = None,
     fingerprint: dict[str, str] | None = None,
+    collator: Any = None,
 ) -> TrainOutcome:
-    """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured."""
+    """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured.
+
+    ``collator`` batches the rows: the objective's own (``tunekit.parts.collator_for(objective, tokenizer)``);
+    without one, rows are padded per batch.
+    """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -147,7 +152,7 @@ def train(
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
+        data_collator=collator if collator is not None else PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
         callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
     )
     trainer.keep_checkpoints = o.keep_checkpoints
