@@ -25,8 +25,16 @@ def test_report_on_chat_sft(tiny_llama):
     assert "<|im_end|>" in trained and "You reverse words" not in trained
     assert not report.errors
     groups = {g.name: g for g in report.params_by_block}
-    assert groups["embeddings"].trainable == 0 and groups["block 0"].trainable > 0 and groups["head"].trainable == 0
-    assert sum(g.trainable for g in report.params_by_block) == tuner.model.get_nb_trainable_parameters()[0]
+    # LoRA rank 8 on the tiny Llama's linears, by hand: 8 * (in + out) for q 64->64, k and v 64->32 (2 kv heads
+    # of 16), o 64->64, gate/up 64->128, down 128->64
+    per_block = 8 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128))
+    assert (groups["embeddings"].trainable, groups["block 0"].trainable, groups["block 1"].trainable, groups["head"].trainable) == (
+        0, per_block, per_block, 0
+    ) and per_block == 8192
+    # frozen base counted by hand too: embeddings and head 400x64 each, a block's 4 attention + 3 MLP weights and 2 norms
+    block = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64
+    assert (groups["embeddings"].total, groups["head"].total, groups["block 0"].total) == (400 * 64, 400 * 64, block + per_block)
+    assert sum(g.trainable for g in report.params_by_block) == tuner.model.get_nb_trainable_parameters()[0] == 2 * per_block
     assert "what the model learns from" in report.summary()
 
 
