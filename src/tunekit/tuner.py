@@ -108,14 +108,16 @@ class Tuner:
                 "transformers model directory use Tuner(model=path)."
             )
         meta = read_saved_meta(path, SAVE_META, SAVE_CONFIG)  # a ModelLoadError for a corrupt save
-        if meta["format"] != "adapter":
+        from tunekit.formats import STANDALONE
+
+        if meta["format"] == STANDALONE:
             # a full or merged save is its own base: continuing from it must not go back to the original
             overrides = {"model": str(path), **overrides}
         tuner = cls.from_config(path / SAVE_CONFIG, **overrides)
-        if meta["format"] == "adapter":
-            tuner._load_model(adapter_path=path)
-        else:
+        if meta["format"] == STANDALONE:
             tuner._load_model(model_path=path)
+        else:  # the strategy restores its own format (a peft adapter, ...) onto the original base
+            tuner._load_model(adapter_path=path)
         return tuner
 
     # -- the underlying objects -------------------------------------------------------------
@@ -168,12 +170,13 @@ class Tuner:
         gc = cfg.training.gradient_checkpointing
         model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
         set_seed(cfg.training.seed)
-        if adapter_path is not None:
-            from peft import PeftModel
+        from tunekit.parts import as_strategy
 
-            model = PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+        strategy = as_strategy(self.strategy, quantized=self.quantizer.quantizes_base)
+        if adapter_path is not None:  # a save in the strategy's own format, restored onto the base
+            model = strategy.load(model, adapter_path)
         else:
-            model = self.strategy.prepare(model, quantized=self.quantizer.quantizes_base)
+            model = strategy.prepare(model)
         if gc and hasattr(model, "enable_input_require_grads"):
             # With a frozen embedding layer, checkpointed blocks get inputs that do not require
             # grad, and the adapters/head behind them would silently receive no gradient.
@@ -504,27 +507,31 @@ class Tuner:
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Save what was tuned: a peft adapter (adapter strategies) or a full model, plus the tokenizer
-        and the config.
+        """Save what was tuned in the strategy's own format (``Strategy.save``: a peft adapter for
+        ``lora``, a transformers model directory for ``full`` and ``head``; after :meth:`merge`, always
+        a standalone model directory), plus the tokenizer and the config.
 
         Written to a staging directory beside ``path`` and swapped into place when complete, so
         a crash never leaves a half-written save. An existing save is replaced only with
         ``overwrite=True`` and only if it is a tunekit save holding nothing but what tunekit
         wrote; any other non-empty directory is refused.
         """
+        from tunekit.formats import MODEL_DIRECTORY
+        from tunekit.parts import as_strategy
         from tunekit.run_directory import LOCK, MARKER, claim, disk_error
 
-        adapter = self.strategy.uses_adapters and not self._merged
+        # a merged model is a plain transformers model, whatever trained it
+        writer = MODEL_DIRECTORY if self._merged else as_strategy(self.strategy)
         model, tokenizer = self.model, self.tokenizer
         with claim(path, "save", overwrite=overwrite, stage=True, what="save path") as target:
             work = target.work
             try:
-                model.save_pretrained(str(work))  # type: ignore[operator]
+                saved_format = writer.save(model, work)
                 tokenizer.save_pretrained(str(work))
                 self.config.to_file(work / SAVE_CONFIG)
                 from tunekit.version import __version__
 
-                meta = {"format": "adapter" if adapter else "full", "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
+                meta = {"format": saved_format, "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
                 (work / SAVE_META).write_text(json.dumps(meta, indent=2))
             except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or the Rust libraries' Exception
                 error = disk_error(exc, work)
@@ -566,7 +573,9 @@ class Tuner:
                 f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
                 f"({'truncated' if name == 'sft' else 'split into blocks'}).")))
         report.params_by_block, tied = pf.params_by_block(self.model)
-        if self.strategy.name == "full":  # training tied weights together is what full fine-tuning means
+        from tunekit.parts import as_strategy
+
+        if as_strategy(self.strategy).trains_tied_weights:  # e.g. full fine-tuning: tied weights train together by design
             tied = [f.model_copy(update={"severity": "info"}) for f in tied]
         report.findings += tied
         if estimate and not report.errors:
@@ -598,28 +607,29 @@ class Tuner:
             )
 
     def merge(self) -> torch.nn.Module:
-        """Fold LoRA adapters into the base weights and return the plain transformers model.
+        """Fold what was tuned into the model (``Strategy.merge``) and return the plain transformers model.
 
-        The merge is verified: the merged model's logits must match the adapter model's on
-        probe inputs (see :mod:`tunekit.merging` for the tolerance), or
-        ``MergeVerificationError`` is raised and the adapter model is left intact. Refused on a
+        For LoRA adapters the merge is verified: the merged model's logits must match the adapter
+        model's on probe inputs (see :mod:`tunekit.merging` for the tolerance), or
+        ``MergeVerificationError`` is raised and the adapter model is left intact; a strategy that
+        trains the model's own weights (``full``, ``head``) returns it unchanged. Refused on a
         quantized base: the merged weights would be rounded back to 4/8 bits.
         """
-        if not self.strategy.uses_adapters or self._merged:
+        if self._merged:
             return self.model
         if self.quantizer.quantizes_base:
             raise TunekitError(
-                f"merging adapters into a {self.quantizer.name!r} base would round the merged weights "
-                "to its precision. Save the adapter, then reload it on a plain base and merge there: "
+                f"merging what {self.strategy.name!r} trained into a {self.quantizer.name!r} base would round "
+                "the merged weights to its precision. Save it, then reload it on a plain base and merge there: "
                 "Tuner.load(path, quantizer='none').save_merged(out)."
             )
-        from tunekit.merging import verified_merge
+        from tunekit.parts import as_strategy
 
-        self._model = verified_merge(self.model, self.tokenizer)
+        self._model = as_strategy(self.strategy).merge(self.model, self.tokenizer)
         self._merged = True
         return self._model
 
     def save_merged(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Merge (for adapters) and save a standalone transformers model that plain ``from_pretrained`` loads."""
+        """Merge (:meth:`merge`) and save a standalone transformers model that plain ``from_pretrained`` loads."""
         self.merge()
         return self.save(path, overwrite=overwrite)
