@@ -23,12 +23,12 @@ def _prep(source, eval=None, **options):
 def test_list_of_dicts_and_dict_of_columns():
     assert _prep(ROWS).format == "prompt_completion"
     cols = {"prompt": [r["prompt"] for r in ROWS], "completion": [r["completion"] for r in ROWS]}
-    assert len(_prep(cols).train) == 6
+    assert list(_prep(cols).train) == ROWS  # the same rows, in order, each column in its place
 
 
 def test_hf_dataset_and_datasetdict_splits():
     ds = Dataset.from_list(ROWS)
-    assert len(_prep(ds).train) == 6
+    assert list(_prep(ds).train) == ROWS
     prepared = _prep(DatasetDict({"train": ds, "validation": ds.select(range(2))}))
     assert len(prepared.train) == 6 and len(prepared.eval) == 2
     with pytest.raises(DataError, match="no 'train' split"):
@@ -36,7 +36,7 @@ def test_hf_dataset_and_datasetdict_splits():
 
 
 def test_pandas():
-    assert len(_prep(pd.DataFrame(ROWS)).train) == 6
+    assert list(_prep(pd.DataFrame(ROWS)).train) == ROWS
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
@@ -52,15 +52,15 @@ def test_files(tmp_path, suffix):
     else:
         df.to_parquet(path)
     prepared = _prep(str(path))
-    assert prepared.format == "prompt_completion" and len(prepared.train) == 6
-    assert prepared.train[0]["completion"] == ROWS[0]["completion"]
+    assert prepared.format == "prompt_completion" and list(prepared.train) == ROWS
 
 
 def test_txt_file_is_raw_text(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("Once upon a time.\n\nThe end.\n")
     prepared = _prep(str(path))
-    assert prepared.format == "text" and "The end." in prepared.train[0]["text"]
+    # the whole file is one row, byte for byte (no paragraph split, no stripping)
+    assert prepared.format == "text" and list(prepared.train) == [{"text": "Once upon a time.\n\nThe end.\n"}]
 
 
 def test_instruction_rows_become_prompt_completion():
