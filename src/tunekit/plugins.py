@@ -280,7 +280,9 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     pm = plugins.manager
     plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
     if pm.has_plugin(plugin_name) or pm.is_registered(plugin):
-        raise PluginError(f"a plugin named {plugin_name!r} (or this very object) is already registered; give another name.")
+        raise PluginError(
+            f"a plugin named {plugin_name!r} (or this very object) is already registered; give another name."
+        )
     pm.register(plugin, name=plugin_name)
     try:
         pm.check_pending()
