@@ -27,6 +27,10 @@ def test_fit_writes_the_run_directory(tiny_llama, tmp_path):
     card = (out / "README.md").read_text()
     assert str(tiny_llama) in card  # base model
     assert "`lora`" in card and "rank=4" in card  # strategy
+    # counted by hand: rank 4 on the tiny Llama's 7 linears, 4 * 1024 per block, 2 blocks; the base is embeddings and
+    # head 400x64 each, 2 blocks of 36,992 and a final norm of 64
+    assert "| trainable parameters | 8,192 of 133,440 (6.14%) |" in card
+    assert "| steps | 3 x 8 rows = 24 rows seen (batch size 8 x 1 accumulation" in card
     assert "16 training rows (chat), 4 eval rows" in card  # data
     assert "eval exact_match" in card and "eval loss" in card  # metrics
     assert "![loss curve](loss.png)" in card
