@@ -314,7 +314,7 @@ def test_budgets_and_token_budgets(model_path, tmp_path):
     rows = sft_rows(16)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tuner = Tuner(model=str(model_path), strategy="lora")
-    _, tokenized, _ = tuner._tokenize(tuner._rows(rows))
+    tokenized = tuner._prepare(rows).train
     expected = statistics.fmean(len(ids) for ids in tokenized["input_ids"])
     assert tokens_per_row(TuneConfig(model=str(model_path)), str(path)) == pytest.approx(expected)
 

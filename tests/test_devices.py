@@ -91,7 +91,7 @@ def test_estimate_step_refuses_to_measure_another_device(tiny_gpt2):
     from tunekit.errors import TunekitError
 
     tuner = Tuner(model=str(tiny_gpt2), strategy="lora")
-    rows = tuner._tokenize(tuner._rows(sft_rows(4)))[1]
+    rows = tuner._prepare(sft_rows(4)).train
     with pytest.raises(TunekitError, match="memory of 'cuda'"):
         pf.estimate_step(tuner.model, rows, pad_token_id=0, batch_size=2, accumulation=1, device="cuda")
 

@@ -52,7 +52,7 @@ def test_trainer_eval_loss_equals_evaluate_and_the_hand_computed_token_mean(tiny
     at_step = [p.loss for p in result.eval_history if p.step == 2]
     assert at_step, result.eval_history
     evaluated = tuner.evaluate(eval_rows)
-    _, tokenized, _ = tuner._tokenize(tuner._rows(eval_rows))
+    tokenized = tuner._prepare(eval_rows).train
     hand, stock = _by_hand(tuner.model, tokenized)
     assert at_step[0] == pytest.approx(evaluated.loss, rel=1e-5)
     assert result.eval_loss == pytest.approx(evaluated.loss, rel=1e-5)

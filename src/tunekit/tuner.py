@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from tunekit.data.pipeline import PreparedRows
+    from tunekit.data.preparation import PreparedData
     from tunekit.run_directory import Claim
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ class Tuner:
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._merged = False
         self.last_result: FitResult | None = None
-        self._tokenized_cache: dict[tuple[Any, ...], Any] = {}
+        from tunekit.data.preparation import TokenizationCache
+
+        self._tokenization = TokenizationCache()
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -145,7 +147,7 @@ class Tuner:
         import torch
         from transformers import set_seed
 
-        from tunekit.models.loading import ModelSource, load_model, load_tokenizer, resolve_source
+        from tunekit.models.loading import ModelSource, load_configured_tokenizer, load_model, resolve_source
         from tunekit.training.distributed import is_sharding_launch, process_device
 
         cfg = self.config
@@ -156,9 +158,7 @@ class Tuner:
         tok_source = ModelSource("local", str(adapter_path)) if adapter_path else base
         revision = cfg.revision if base.kind == "hub" else None
         remote = cfg.trust_remote_code
-        tokenizer = load_tokenizer(tok_source, trust_remote_code=remote, revision=revision)
-        if cfg.data.chat_template:
-            tokenizer.chat_template = cfg.data.chat_template
+        tokenizer = load_configured_tokenizer(cfg, tok_source, revision=revision)
         # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
         frozen_base = self.strategy.uses_adapters
         dtype = self.precision.compute_dtype if frozen_base else torch.float32
@@ -189,44 +189,12 @@ class Tuner:
         self._model, self._tokenizer = model, tokenizer
 
     # -- data -------------------------------------------------------------------------------
-    def _rows(self, train: Any, eval: Any = None) -> PreparedRows:
-        from tunekit.data.pipeline import prepare_rows
+    def _prepare(self, train: Any, eval: Any = None, *, split_eval: bool = True) -> PreparedData:
+        """Rows loaded, the objective chosen and the rows tokenized (see :mod:`tunekit.data.preparation`)."""
+        from tunekit.data.preparation import load_data, tokenize_data
 
-        return prepare_rows(train, eval, self.config.data, seed=self.config.training.seed)
-
-    def _objective(self, row_format: str) -> tuple[str, Any]:
-        from tunekit.data.pipeline import build_objective, choose_objective
-
-        spec = self.config.objective
-        name = choose_objective(spec.name if spec else None, row_format)
-        return name, build_objective(name, spec.options if spec else {}, row_format)
-
-    def _tokenize(self, rows: PreparedRows) -> tuple[str, Any, Any]:
-        name, objective = self._objective(rows.format)
-        train = self._tokenized(name, objective, rows.format, rows.train)
-        evals = self._tokenized(name, objective, rows.format, rows.eval) if rows.eval is not None else None
-        return name, train, evals
-
-    def _tokenized(self, name: str, objective: Any, row_format: str, rows: Any) -> Any:
-        """``objective.tokenize(rows)``, once per Tuner for the same rows and settings.
-
-        fit, evaluate and preflight on the same data would each tokenize it again; the key is the
-        rows' content fingerprint (datasets hashes in-memory rows too), the objective and its
-        options, max_length and the tokenizer's vocabulary and chat template. The four most
-        recent results are kept.
-        """
-        spec = self.config.objective
-        options = json.dumps(spec.options if spec else {}, sort_keys=True, default=str)
-        tok = self.tokenizer
-        fingerprint = getattr(rows, "_fingerprint", None)
-        if fingerprint is None:  # not a datasets.Dataset with a content hash: nothing to key on
-            return objective.tokenize(rows, tok, max_length=self.config.training.max_length)
-        key = (name, options, row_format, self.config.training.max_length, fingerprint, len(tok), tok.chat_template, tok.eos_token_id, tok.pad_token_id)
-        if key not in self._tokenized_cache:
-            while len(self._tokenized_cache) >= 4:
-                del self._tokenized_cache[next(iter(self._tokenized_cache))]
-            self._tokenized_cache[key] = objective.tokenize(rows, tok, max_length=self.config.training.max_length)
-        return self._tokenized_cache[key]
+        rows = load_data(self.config, train, eval, split_eval=split_eval)
+        return tokenize_data(self.config, rows, self.tokenizer, self._tokenization)
 
     # -- the verbs ------------------------------------------------------------------------------
     def fit(
@@ -279,8 +247,8 @@ class Tuner:
             eval = self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
         with self._claim_run(overwrite, resume, flags) as run:
-            rows = self._rows(train, eval)
-            objective, train_rows, eval_rows = self._tokenize(rows)
+            prepared = self._prepare(train, eval)
+            rows, objective, train_rows, eval_rows = prepared.rows, prepared.objective_name, prepared.train, prepared.eval
             self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
             if len(train_rows) == 0:
                 raise TunekitError("no training rows are left after tokenization.")
@@ -422,14 +390,10 @@ class Tuner:
         """
         from tunekit.config import build_metrics
         from tunekit.config_files import check_positive_int
-        from tunekit.data.pipeline import prepare_rows
-
         check_positive_int("evaluate", batch_size=batch_size, max_new_tokens=max_new_tokens)
         chosen = build_metrics(metrics)
-        options = self.config.data.model_copy(update={"eval_fraction": None})
-        rows = prepare_rows(data, None, options, seed=self.config.training.seed)
-        _, tokenized, _ = self._tokenize(rows)
-        return self._evaluate_rows(rows.train, rows.format, tokenized, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        prepared = self._prepare(data, split_eval=False)
+        return self._evaluate_rows(prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
     def _evaluate_rows(
         self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None
@@ -554,9 +518,11 @@ class Tuner:
         data = data if data is not None else self.config.data.train
         if data is None:
             raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
-        rows = self._rows(data)
+        from tunekit.data.preparation import choose, load_data
+
+        rows = load_data(self.config, data)
         train = rows.train.select(range(min(len(rows.train), sample_rows)))
-        name, objective = self._objective(rows.format)
+        name, objective = choose(self.config, rows.format)
         max_length = self.config.training.max_length
         stats, full = pf.token_stats(objective, train, self.tokenizer, max_length)
         report = pf.PreflightReport(objective=name, row_format=rows.format, token_stats=stats)
@@ -571,7 +537,7 @@ class Tuner:
         if stats.rows_over_max_length:
             report.findings.append(pf.Finding(severity="warning", code="rows-over-max-length", message=(
                 f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
-                f"({'truncated' if name == 'sft' else 'split into blocks'}).")))
+                f"(the {name!r} objective truncates or splits them).")))
         report.params_by_block, tied = pf.params_by_block(self.model)
         from tunekit.parts import as_strategy
 
@@ -581,7 +547,7 @@ class Tuner:
         if estimate and not report.errors:
             from tunekit.training.loss import use_trained_logits
 
-            tokenized = self._tokenized(name, objective, rows.format, train)
+            tokenized = self._tokenization.tokenize(self.config, name, objective, rows.format, train, self.tokenizer)
             t = self.config.training
             report.estimate = pf.estimate_step(
                 self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,

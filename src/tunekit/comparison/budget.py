@@ -51,18 +51,12 @@ def parse_budget(budget: Any) -> dict[str, int | float]:
 
 def tokens_per_row(config: TuneConfig, train_path: str) -> float:
     """Mean non-padding tokens per tokenized training row, as ``fit`` would tokenize them."""
-    from tunekit.data.pipeline import build_objective, choose_objective, prepare_rows
-    from tunekit.models.loading import load_tokenizer, resolve_source
+    from tunekit.data.preparation import load_data, tokenize_data
+    from tunekit.models.loading import load_configured_tokenizer
 
-    rows = prepare_rows(train_path, None, config.data, seed=config.training.seed)
-    tokenizer = load_tokenizer(
-        resolve_source(config.model), trust_remote_code=config.trust_remote_code, revision=config.revision
-    )
-    if config.data.chat_template:
-        tokenizer.chat_template = config.data.chat_template
-    spec = config.objective
-    objective = build_objective(choose_objective(spec.name if spec else None, rows.format), spec.options if spec else {}, rows.format)
-    tokenized = objective.tokenize(rows.train, tokenizer, max_length=config.training.max_length)
+    # The path fit takes (data.preparation), with the tokenizer set up as the Tuner sets it up.
+    rows = load_data(config, train_path, split_eval=False)
+    tokenized = tokenize_data(config, rows, load_configured_tokenizer(config)).train
     lengths = tokenized["length"] if "length" in tokenized.column_names else [len(ids) for ids in tokenized["input_ids"]]
     if not lengths:
         raise ConfigError([Problem("budget.tokens", "no training rows are left after tokenization")])

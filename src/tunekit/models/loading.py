@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tunekit.config import TuneConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -246,6 +248,22 @@ def load_tokenizer(
         raise _load_error(source, "tokenizer", exc) from exc
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_configured_tokenizer(
+    config: TuneConfig, source: ModelSource | None = None, *, revision: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer a run uses: from ``source`` (default: the config's model), with the config's chat template.
+
+    ``Tuner`` and ``compare``'s token budget both load it here, so both tokenize alike.
+    """
+    base = source if source is not None else resolve_source(config.model)
+    if revision is None and source is None and base.kind == "hub":
+        revision = config.revision
+    tokenizer = load_tokenizer(base, trust_remote_code=config.trust_remote_code, revision=revision)
+    if config.data.chat_template:
+        tokenizer.chat_template = config.data.chat_template
     return tokenizer
 
 
