@@ -9,11 +9,14 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunekit.comparison.report import is_higher_better
+from tunekit.comparison.columns import is_higher_better
 from tunekit.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    from tunekit.comparison.report import CandidateResult, CompareReport
+    # The plot reads a report's fields; it is drawn for ``CompareReport.plot``, which imports this
+    # module, so the report's classes are named here only as what they are: any report.
+    CandidateResult = Any
+    CompareReport = Any
 
 LABELS = {
     "eval_loss": "eval loss",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tunekit.comparison.columns import HIGHER_IS_BETTER, LOWER_IS_BETTER, METRIC_OF_COLUMN, is_higher_better  # noqa: F401
 from tunekit.errors import TunekitError
 from tunekit.results import EvalPoint, LogPoint
 
@@ -28,16 +29,6 @@ MIB = 2**20
 # Metric names a user may pass to ``best``/``plot`` that are columns under another name.
 ALIASES = {"loss": "eval_loss", "perplexity": "perplexity", "eval_perplexity": "perplexity", "memory": "peak_memory_mib"}
 BUILTIN_METRICS = ("loss", "perplexity")
-# The direction of the report's own measurements; a metric's comes from its registered part.
-LOWER_IS_BETTER = {
-    "train_loss", "peak_memory_mib", "wall_time_s", "saved_mib",
-    "trainable_params", "trainable_percent", "total_params",
-}
-HIGHER_IS_BETTER = {"tokens_per_second", "tokens_seen", "steps"}
-# Columns that hold a registered metric under another name.
-METRIC_OF_COLUMN = {"eval_loss": "loss", "perplexity": "perplexity"}
-
-
 class RunRecord(BaseModel):
     """One candidate trained with one seed, in its own process."""
 
@@ -69,23 +60,6 @@ class RunRecord(BaseModel):
     eval_history: list[EvalPoint] = Field(default_factory=list)
     output_dir: str | None = None
     log_path: str | None = None
-
-
-def is_higher_better(column: str) -> bool | None:
-    """Whether a larger value of ``column`` is better: costs and sizes are better smaller; a metric
-    says so itself (``Metric.higher_is_better`` of its registered part). ``None`` when nobody
-    knows (a metric whose plugin is not installed here)."""
-    if column in HIGHER_IS_BETTER:
-        return True
-    if column in LOWER_IS_BETTER:
-        return False
-    from tunekit.plugins import get_registry
-
-    metrics = get_registry("metric")
-    name = METRIC_OF_COLUMN.get(column, column)
-    if name in metrics:
-        return bool(metrics.get(name).cls.higher_is_better)
-    return None
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
