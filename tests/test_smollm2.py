@@ -55,9 +55,9 @@ def _end_to_end(tmp_path):
 
     from tunekit import Tuner
     from tunekit.data.chat import render_chat
-    from tunekit.tasks import load_task
     from tunekit.models.gguf_cache import cached_conversion
     from tunekit.models.loading import resolve_alias, resolve_source
+    from tunekit.tasks import load_task
 
     torch.manual_seed(0)
 
