@@ -230,3 +230,59 @@ def test_an_objective_gives_its_collator_and_training_uses_it(tiny_gpt2, tmp_pat
         on_evaluate=lambda *a: None, collator=collate,
     )
     assert batches  # the Trainer batched with the collator it was given
+
+
+class TiedEmbeddings:
+    """Trains GPT-2's input embeddings, which the head shares; says whether that is intended."""
+
+    name = "tied-embeddings"
+    description = "train the (tied) embeddings"
+    Options = NoOptions
+    default_learning_rate = 1e-3
+    uses_adapters = False
+    trains_tied_weights = False
+
+    def __init__(self, options):
+        pass
+
+    def check_quantizer(self, quantizer):
+        return None
+
+    def prepare(self, model):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.get_input_embeddings().weight.requires_grad_(True)
+        return model
+
+    def save(self, model, directory):
+        from tunekit.formats import MODEL_DIRECTORY
+
+        return MODEL_DIRECTORY.save(model, directory)
+
+    def load(self, base_model, directory):
+        return base_model
+
+    def merge(self, model, tokenizer):
+        return model
+
+
+class TiedEmbeddingsOnPurpose(TiedEmbeddings):
+    name = "tied-embeddings-on-purpose"
+    trains_tied_weights = True
+
+
+def test_preflight_asks_the_strategy_whether_tied_weights_train_on_purpose(tiny_gpt2):
+    class Plugin:
+        @hookimpl
+        def register_strategies(self, register):
+            register(TiedEmbeddings)
+            register(TiedEmbeddingsOnPurpose)
+
+    register_plugin(Plugin(), name="tied")
+
+    def severity(strategy):
+        report = Tuner(model=str(tiny_gpt2), strategy=strategy).preflight(sft_rows(4), estimate=False)
+        return {f.severity for f in report.findings if f.code == "tied-weights-trained"}
+
+    assert severity("tied-embeddings") == {"warning"}
+    assert severity("tied-embeddings-on-purpose") == {"info"}
