@@ -20,6 +20,7 @@ from tunekit.config import TuneConfig, build_part, check_generation_fits, clamp_
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
 from tunekit.run_directory import PYTHON_FLAGS
+from tunekit.training.recipe import RUN_CONFIG, RUN_RESULT
 
 if TYPE_CHECKING:
     import torch
@@ -27,12 +28,12 @@ if TYPE_CHECKING:
 
     from tunekit.data.preparation import PreparedData
     from tunekit.run_directory import Claim
+    from tunekit.training.recipe import FitHooks, FitPlan
 
 log = logging.getLogger(__name__)
 
 SAVE_META = "tunekit.json"
-SAVE_CONFIG = "tunekit.yaml"
-RUN_RESULT = "result.json"
+SAVE_CONFIG = RUN_CONFIG  # a save holds the config under the same name as a run
 GENERATION_BATCH_FACTOR = 4
 """Evaluation generates in batches this many times ``training.batch_size`` unless told otherwise."""
 
@@ -230,117 +231,61 @@ class Tuner:
         (``README.md``, next to ``loss.png``).
         """
         from tunekit.config import build_metrics
-        from tunekit.models.inspect import count_parameters
         from tunekit.plugins import get_plugins
         from tunekit.run_directory import CLI_FLAGS
+        from tunekit.training import recipe
         from tunekit.training.distributed import wait_for_everyone
-        from tunekit.training.fingerprint import run_fingerprint
-        from tunekit.training.loop import train as run_training
-        from tunekit.training.resume import finished_run, resume_point
-        from tunekit.training.trainer import TrainingInterrupted
 
+        train = train if train is not None else self.config.data.train
         if train is None:
-            train = self.config.data.train
-            if train is None:
-                raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
-        if eval is None:
-            eval = self.config.data.eval
+            raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
+        eval = eval if eval is not None else self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
         with self._claim_run(overwrite, resume, flags) as run:
-            prepared = self._prepare(train, eval)
-            rows, objective, train_rows, eval_rows = prepared.rows, prepared.objective_name, prepared.train, prepared.eval
-            self._check_before_fit(objective, rows.format, train_rows, ignore_preflight_errors)
-            if len(train_rows) == 0:
-                raise TunekitError("no training rows are left after tokenization.")
-            fingerprint = run_fingerprint(self.config.model_dump(mode="json"), train_rows, eval_rows)
-            if resume and finished_run(run.previous, fingerprint, self.config.model_dump(mode="json")):
+            plan = self._plan(self._prepare(train, eval), ignore_preflight_errors)
+            accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
+            start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
+            if start.finished:
                 return self._finished(run)
-            resume_from = None
-            if resume:
-                accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
-                resume_from = resume_point(run.work, fingerprint, accept_changes=accept_changes, accept_flag=accept_flag, clean=run.main)
-            if run.main:
-                with run.writing(SAVE_CONFIG) as file:
-                    self.config.to_file(file)
-            hooks = get_plugins().manager.hook
-            model = self.model
-            trainable, total = count_parameters(model)
-            if trainable == 0:
-                raise TunekitError(f"strategy {self.strategy.name!r} left no parameter trainable.")
-            hooks.on_fit_start(tuner=self)
-            lr = self.config.training.learning_rate or self.strategy.default_learning_rate
-            try:
-                outcome = run_training(
-                    model,
-                    self.tokenizer,
-                    train_rows,
-                    eval_rows,
-                    options=self.config.training,
-                    learning_rate=lr,
-                    precision=self.precision,
-                    output_dir=str(run.work),
-                    on_log=lambda step, logs: hooks.on_log(tuner=self, step=step, logs=logs),
-                    on_evaluate=lambda step, metrics: hooks.on_evaluate(tuner=self, step=step, metrics=metrics),
-                    resume_from=str(resume_from) if resume_from else None,
-                    fingerprint=fingerprint,
-                )
-            except TrainingInterrupted as exc:
-                if not run.staged:
-                    raise
-                raise TrainingInterrupted(
-                    f"training was interrupted; the run in {str(run.path)!r} that this one was to replace is "
-                    "unchanged, and the new run was discarded."
-                ) from exc
-            final_eval: EvalResult | None = None
-            if eval_rows is not None and len(eval_rows):
-                assert rows.eval is not None
-                final_eval = self._evaluate_rows(rows.eval, rows.format, eval_rows, chosen_metrics)
-            last_loss = outcome.loss_history[-1].loss if outcome.loss_history else outcome.mean_loss
-            result = FitResult(
-                strategy=self.strategy.name,
-                objective=objective,
-                trainable_params=trainable,
-                total_params=total,
-                steps=outcome.steps,
-                train_loss=last_loss,
-                mean_train_loss=outcome.mean_loss,
-                eval_loss=final_eval.loss if final_eval else None,
-                eval_perplexity=final_eval.perplexity if final_eval else None,
-                eval_metrics=final_eval.metrics if final_eval else {},
-                eval_generations=final_eval.generations if final_eval else [],
-                loss_history=outcome.loss_history,
-                eval_history=outcome.eval_history,
-                tokens_seen=outcome.tokens_seen,
-                world_size=outcome.world_size,
-                effective_batch_size=outcome.effective_batch_size,
-                wall_time_s=outcome.wall_time_s,
-                tokens_per_second=outcome.tokens_seen / outcome.wall_time_s if outcome.wall_time_s else 0.0,
-                peak_memory_bytes=outcome.peak_memory_bytes,
-                peak_memory_kind=outcome.peak_memory_kind,
-                precision=self.precision.name,
-                output_dir=str(run.path),
-            )
-            from tunekit.training.distributed import gathered_state_dict, saving_state_dict
-
-            full_weights = gathered_state_dict(self.model)  # every rank: a collective under FSDP / ZeRO-3; None otherwise
-            if run.main:  # under torchrun every rank holds the same weights (or gathered them); one writes
-                with saving_state_dict(self.model, full_weights):
-                    self.save(run.work / "model", overwrite=True)
-                run.record("model")
-                with run.writing(RUN_RESULT) as file:
-                    file.write_text(result.model_dump_json(indent=2))
-                from tunekit.model_card import LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
-
-                data = DataSummary(rows.description, rows.format, len(train_rows), len(eval_rows) if eval_rows is not None else 0)
-                write_run_report(run.work, result, self.config, data, learning_rate=lr)
-                run.record(MODEL_CARD, LOSS_PLOT)
-                t = self.config.training
-                run.set_state("writing", fingerprint=fingerprint, budget={"max_steps": t.max_steps, "epochs": t.epochs})
+            result = recipe.train_run(run, plan, start, hooks=self._fit_hooks(), evaluate=lambda: self._final_evaluation(plan, chosen_metrics))
+            recipe.record_run(run, plan, result, start, save=lambda path: self.save(path, overwrite=True))
             wait_for_everyone()  # every rank is done with the work directory before it moves
             run.publish()
         self.last_result = result
-        hooks.on_fit_end(tuner=self, result=result)
+        get_plugins().manager.hook.on_fit_end(tuner=self, result=result)
         return result
+
+    def _plan(self, data: PreparedData, ignore_preflight_errors: bool) -> FitPlan:
+        """What this fit trains, once the data passed the pre-flight checks."""
+        from tunekit.parts import collator_for
+        from tunekit.training.recipe import FitPlan
+
+        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors)
+        if len(data.train) == 0:
+            raise TunekitError("no training rows are left after tokenization.")
+        return FitPlan(
+            config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
+            learning_rate=self.config.training.learning_rate or self.strategy.default_learning_rate,
+            precision=self.precision, collator=collator_for(data.objective, self.tokenizer),
+        )
+
+    def _fit_hooks(self) -> FitHooks:
+        """The lifecycle hooks of the installed plugins, bound to this Tuner."""
+        from tunekit.plugins import get_plugins
+        from tunekit.training.recipe import FitHooks
+
+        hook = get_plugins().manager.hook
+        return FitHooks(
+            on_fit_start=lambda: hook.on_fit_start(tuner=self),
+            on_log=lambda step, logs: hook.on_log(tuner=self, step=step, logs=logs),
+            on_evaluate=lambda step, metrics: hook.on_evaluate(tuner=self, step=step, metrics=metrics),
+        )
+
+    def _final_evaluation(self, plan: FitPlan, chosen_metrics: Any) -> EvalResult | None:
+        data = plan.data
+        if data.eval is None or not len(data.eval) or data.rows.eval is None:
+            return None
+        return self._evaluate_rows(data.rows.eval, data.format, data.eval, chosen_metrics)
 
     def _claim_run(self, overwrite: bool, resume: bool, flags: tuple[str, str]) -> Claim:
         """Claim ``output_dir`` (see :mod:`tunekit.run_directory`): the main process first, then the others."""
