@@ -202,9 +202,8 @@ def test_the_facade_has_no_peft_import_and_no_branch_on_a_part_name():
 
 
 def test_an_objective_gives_its_collator_and_training_uses_it(tiny_gpt2, tmp_path):
-    from tunekit.data.collate import PadPerBatch
+    from tunekit.data.collate import PadPerBatch, collator_for
     from tunekit.data.pipeline import build_objective
-    from tunekit.parts import collator_for
     from tunekit.training.loop import train
 
     tuner = Tuner(model=str(tiny_gpt2), strategy="head", training=quick(max_steps=1))

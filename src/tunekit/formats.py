@@ -11,6 +11,9 @@ here instead of writing their own. The files are what other tools load:
   directory (``config.json`` + ``model.safetensors``) that ``AutoModelForCausalLM.from_pretrained``
   loads; it is its own base, so loading it needs nothing more and merging changes nothing.
 
+A strategy written before ``save``/``load``/``merge`` existed (the first form of plugin API 1)
+is completed by :func:`as_strategy`, which the facade asks for every strategy.
+
 >>> class MyAdapterStrategy:  # prepare returns a peft.PeftModel; saving and loading are peft's
 ...     def save(self, model, directory):
 ...         return PEFT_ADAPTER.save(model, directory)
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from tunekit.parts import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +87,58 @@ class ModelDirectoryFormat:
 
 PEFT_ADAPTER = PeftAdapterFormat()
 MODEL_DIRECTORY = ModelDirectoryFormat()
+
+
+# -- strategies written for the first protocol -------------------------------------------------------
+class _FirstProtocolStrategy:
+    """A strategy written before ``save``/``load``/``merge``, completed the way tunekit saved it then:
+    a peft adapter when ``uses_adapters``, else a transformers model directory."""
+
+    def __init__(self, strategy: Any, quantized: bool):
+        self._strategy = strategy
+        self._quantized = quantized
+        self._format = PEFT_ADAPTER if getattr(strategy, "uses_adapters", False) else MODEL_DIRECTORY
+        self.trains_tied_weights = bool(getattr(strategy, "trains_tied_weights", False))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._strategy, name)
+
+    def prepare(self, model: Any) -> Any:
+        import inspect
+
+        try:
+            takes_quantized = "quantized" in inspect.signature(self._strategy.prepare).parameters
+        except (TypeError, ValueError):
+            takes_quantized = False
+        if takes_quantized:
+            return self._strategy.prepare(model, quantized=self._quantized)
+        return self._strategy.prepare(model)
+
+    def save(self, model: Any, directory: Path) -> str:
+        return self._format.save(model, directory)
+
+    def load(self, base_model: Any, directory: Path) -> Any:
+        return self._format.load(base_model, directory)
+
+    def merge(self, model: Any, tokenizer: Any) -> Any:
+        return self._format.merge(model, tokenizer)
+
+
+def as_strategy(strategy: Any, *, quantized: bool = False) -> Strategy:
+    """``strategy`` itself when it has ``save``, ``load`` and ``merge``; otherwise (a strategy written
+    for plugin API 1 before they existed) a wrapper that supplies them as tunekit did then (a peft
+    adapter when ``uses_adapters``, else a transformers model directory) and passes ``quantized``
+    to its ``prepare(model, *, quantized)``.
+
+    >>> class Old:
+    ...     uses_adapters = False
+    ...     def prepare(self, model, *, quantized):
+    ...         return ("prepared", quantized)
+    >>> as_strategy(Old(), quantized=True).prepare("m")
+    ('prepared', True)
+    >>> as_strategy(Old()).merge("m", None)
+    'm'
+    """
+    if all(callable(getattr(strategy, name, None)) for name in ("save", "load", "merge")):
+        return strategy  # type: ignore[no-any-return]
+    return _FirstProtocolStrategy(strategy, quantized)  # type: ignore[return-value]

@@ -99,7 +99,8 @@ class Strategy(Part, Protocol):
     to one of the shared formats in :mod:`tunekit.formats` (``PEFT_ADAPTER``, ``MODEL_DIRECTORY``).
 
     Strategies written for plugin API 1 before ``save``/``load``/``merge`` existed
-    (``uses_adapters`` and ``prepare(model, *, quantized)``) still work: see :func:`as_strategy`.
+    (``uses_adapters`` and ``prepare(model, *, quantized)``) still work: see
+    :func:`tunekit.formats.as_strategy`.
     """
 
     default_learning_rate: ClassVar[float]
@@ -132,62 +133,6 @@ class Strategy(Part, Protocol):
         """Return a plain transformers model with what was tuned folded in, so that one
         ``save_pretrained`` writes a standalone model that reproduces the tuned one (a verified merge
         for adapters; ``model`` unchanged when the model's own weights trained)."""
-
-
-class _FirstProtocolStrategy:
-    """A strategy written before ``save``/``load``/``merge``, completed the way tunekit saved it then:
-    a peft adapter when ``uses_adapters``, else a transformers model directory."""
-
-    def __init__(self, strategy: Any, quantized: bool):
-        from tunekit.formats import MODEL_DIRECTORY, PEFT_ADAPTER
-
-        self._strategy = strategy
-        self._quantized = quantized
-        self._format = PEFT_ADAPTER if getattr(strategy, "uses_adapters", False) else MODEL_DIRECTORY
-        self.trains_tied_weights = bool(getattr(strategy, "trains_tied_weights", False))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._strategy, name)
-
-    def prepare(self, model: Any) -> Any:
-        import inspect
-
-        try:
-            takes_quantized = "quantized" in inspect.signature(self._strategy.prepare).parameters
-        except (TypeError, ValueError):
-            takes_quantized = False
-        if takes_quantized:
-            return self._strategy.prepare(model, quantized=self._quantized)
-        return self._strategy.prepare(model)
-
-    def save(self, model: Any, directory: Path) -> str:
-        return self._format.save(model, directory)
-
-    def load(self, base_model: Any, directory: Path) -> Any:
-        return self._format.load(base_model, directory)
-
-    def merge(self, model: Any, tokenizer: Any) -> Any:
-        return self._format.merge(model, tokenizer)
-
-
-def as_strategy(strategy: Any, *, quantized: bool = False) -> Strategy:
-    """``strategy`` itself when it has ``save``, ``load`` and ``merge``; otherwise (a strategy written
-    for plugin API 1 before they existed) a wrapper that supplies them as tunekit did then (a peft
-    adapter when ``uses_adapters``, else a transformers model directory) and passes ``quantized``
-    to its ``prepare(model, *, quantized)``.
-
-    >>> class Old:
-    ...     uses_adapters = False
-    ...     def prepare(self, model, *, quantized):
-    ...         return ("prepared", quantized)
-    >>> as_strategy(Old(), quantized=True).prepare("m")
-    ('prepared', True)
-    >>> as_strategy(Old()).merge("m", None)
-    'm'
-    """
-    if all(callable(getattr(strategy, name, None)) for name in ("save", "load", "merge")):
-        return strategy  # type: ignore[no-any-return]
-    return _FirstProtocolStrategy(strategy, quantized)  # type: ignore[return-value]
 
 
 class Quantizer(Part, Protocol):
@@ -236,18 +181,8 @@ class Objective(Part, Protocol):
 
         An objective that does not define it gets :class:`tunekit.data.collate.PadPerBatch`
         (``input_ids`` padded with the pad token, ``labels`` with -100, per batch); see
-        :func:`collator_for`.
+        :func:`tunekit.data.collate.collator_for`.
         """
-
-
-def collator_for(objective: Any, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-    """``objective.collator(tokenizer)``, or per-batch padding for an objective without one."""
-    make = getattr(objective, "collator", None)
-    if callable(make):
-        return make(tokenizer)  # type: ignore[no-any-return]
-    from tunekit.data.collate import PadPerBatch
-
-    return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
 
 
 class Metric(Part, Protocol):

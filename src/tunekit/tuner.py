@@ -171,7 +171,7 @@ class Tuner:
         gc = cfg.training.gradient_checkpointing
         model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
         set_seed(cfg.training.seed)
-        from tunekit.parts import as_strategy
+        from tunekit.formats import as_strategy
 
         strategy = as_strategy(self.strategy, quantized=self.quantizer.quantizes_base)
         if adapter_path is not None:  # a save in the strategy's own format, restored onto the base
@@ -257,7 +257,7 @@ class Tuner:
 
     def _plan(self, data: PreparedData, ignore_preflight_errors: bool) -> FitPlan:
         """What this fit trains, once the data passed the pre-flight checks."""
-        from tunekit.parts import collator_for
+        from tunekit.data.collate import collator_for
         from tunekit.training.recipe import FitPlan
 
         self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors)
@@ -425,8 +425,7 @@ class Tuner:
         ``overwrite=True`` and only if it is a tunekit save holding nothing but what tunekit
         wrote; any other non-empty directory is refused.
         """
-        from tunekit.formats import MODEL_DIRECTORY
-        from tunekit.parts import as_strategy
+        from tunekit.formats import MODEL_DIRECTORY, as_strategy
         from tunekit.run_directory import LOCK, MARKER, claim, disk_error
 
         # a merged model is a plain transformers model, whatever trained it
@@ -484,7 +483,7 @@ class Tuner:
                 f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
                 f"(the {name!r} objective truncates or splits them).")))
         report.params_by_block, tied = pf.params_by_block(self.model)
-        from tunekit.parts import as_strategy
+        from tunekit.formats import as_strategy
 
         if as_strategy(self.strategy).trains_tied_weights:  # e.g. full fine-tuning: tied weights train together by design
             tied = [f.model_copy(update={"severity": "info"}) for f in tied]
@@ -534,7 +533,7 @@ class Tuner:
                 "the merged weights to its precision. Save it, then reload it on a plain base and merge there: "
                 "Tuner.load(path, quantizer='none').save_merged(out)."
             )
-        from tunekit.parts import as_strategy
+        from tunekit.formats import as_strategy
 
         self._model = as_strategy(self.strategy).merge(self.model, self.tokenizer)
         self._merged = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,3 +36,12 @@ class PadPerBatch:
             labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
             attention[i, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def collator_for(objective: Any, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The collator training batches ``objective``'s rows with: ``objective.collator(tokenizer)``, or
+    per-batch padding for an objective without one (the ``collator`` method is optional)."""
+    make = getattr(objective, "collator", None)
+    if callable(make):
+        return make(tokenizer)  # type: ignore[no-any-return]
+    return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))

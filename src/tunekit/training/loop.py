@@ -99,7 +99,7 @@ def train(
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured.
 
-    ``collator`` batches the rows: the objective's own (``tunekit.parts.collator_for(objective, tokenizer)``);
+    ``collator`` batches the rows: the objective's own (``tunekit.data.collate.collator_for(objective, tokenizer)``);
     without one, rows are padded per batch.
     """
     from transformers import TrainingArguments
