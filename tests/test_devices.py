@@ -112,8 +112,15 @@ def test_generation_and_evaluation_run_where_the_model_is(tiny_gpt2):
     """On this CPU machine the process device is the CPU, and everything runs there."""
     tuner = Tuner(model=str(tiny_gpt2), strategy="lora", training={"progress_bar": False})
     assert _devices(tuner.model) == {"cpu"}
-    assert isinstance(tuner.generate("Reverse: a b\nAnswer:", max_new_tokens=2), str)
-    assert tuner.evaluate(sft_rows(4)).tokens > 0
+    prompt = "Reverse: a b\nAnswer:"
+    ids = tuner.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # two greedy steps by hand, on the same device
+        for _ in range(2):
+            ids = torch.cat([ids, tuner.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+    expected = tuner.tokenizer.decode(ids[0, -2:], skip_special_tokens=True)
+    assert tuner.generate(prompt, max_new_tokens=2) == expected
+    # the answers only: three one-token words (the tiny vocabulary) and the end token, per row
+    assert tuner.evaluate(sft_rows(4)).tokens == 4 * (3 + 1)
 
 
 def test_saving_a_gathered_state_dict_writes_it(tiny_gpt2, tmp_path):

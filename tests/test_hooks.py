@@ -32,11 +32,6 @@ def test_every_hook_has_a_section_headed_by_its_exact_signature(hook):
     assert _signature(hook) in headings, f"docs/plugins.md needs a section '### `{_signature(hook)}`'"
 
 
-@pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_has_a_test_of_its_own(hook):
-    assert hasattr(sys.modules[__name__], f"test_hook_{hook}"), f"write test_hook_{hook} in tests/test_hooks.py"
-
-
 def test_hook_register_strategies(tiny_gpt2, tmp_path):
     class EmbeddingsOnly:
         name = "embeddings-only"
