@@ -34,6 +34,13 @@ def test_fit_writes_the_run_directory(tiny_llama, tmp_path):
     assert "16 training rows (chat), 4 eval rows" in card  # data
     assert "eval exact_match" in card and "eval loss" in card  # metrics
     assert "![loss curve](loss.png)" in card
+    assert "- `model/`: the tuned adapter, in peft's format (`adapter_config.json`" in card  # what model/ holds
+
+
+def test_the_card_says_what_model_holds_from_the_saved_format(tiny_gpt2, tmp_path):
+    Tuner(model=str(tiny_gpt2), strategy="full", output_dir=str(tmp_path / "full"), training=quick(max_steps=1)).fit(text_rows(8))
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "- `model/`: the tuned model, a transformers model directory" in card
 
 
 def test_saved_adapter_loads_in_plain_peft(tiny_llama, tmp_path):

@@ -7,6 +7,7 @@ measured), ``loss.png`` (the training loss curve, with the eval loss when there 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
-def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot: str | None, learning_rate: float | None = None) -> str:
+def model_card(
+    result: FitResult, config: TuneConfig, data: DataSummary, *, plot: str | None, learning_rate: float | None = None,
+    saved_format: str | None = None,
+) -> str:
     """The run's ``README.md``: base model, strategy, data, training settings and metrics."""
     lr = learning_rate if learning_rate is not None else config.training.learning_rate
     rows_per_step = getattr(result, "effective_batch_size", 0) or config.training.batch_size * config.training.gradient_accumulation
@@ -123,8 +127,7 @@ def model_card(result: FitResult, config: TuneConfig, data: DataSummary, *, plot
         "- `tunekit.yaml`: the full configuration (every default filled in)",
         "- `result.json`: every figure measured during the run",
         *([f"- `{plot}`: the loss curve"] if plot else []),
-        "- `model/`: the tuned "
-        + ("LoRA adapter (peft format: `adapter_config.json` + `adapter_model.safetensors`)" if config.strategy.name == "lora" else "model"),
+        f"- `model/`: {_saved_as(saved_format, config.strategy.name)}",
         "",
         "## Use it",
         "",
@@ -148,5 +151,21 @@ def write_run_report(
     except Exception as exc:  # a plotting failure must not lose a finished run
         log.warning("tunekit: could not draw the loss plot: %s", exc)
         plot = None
-    card = model_card(result, config, data, plot=plot.name if plot else None, learning_rate=learning_rate)
+    saved_format = None
+    try:  # what the strategy wrote into model/ (written before the card)
+        saved_format = json.loads((output_dir / "model" / "tunekit.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        pass
+    card = model_card(result, config, data, plot=plot.name if plot else None, learning_rate=learning_rate, saved_format=saved_format)
     (output_dir / MODEL_CARD).write_text(card, encoding="utf-8")
+
+
+def _saved_as(saved_format: str | None, strategy: str) -> str:
+    """What ``model/`` holds, from the format its strategy wrote (``tunekit.json``), not from names."""
+    if saved_format == "adapter":
+        return "the tuned adapter, in peft's format (`adapter_config.json` + `adapter_model.safetensors`)"
+    if saved_format == "full":
+        return "the tuned model, a transformers model directory (`config.json` + `model.safetensors`)"
+    if saved_format:
+        return f"the tuned weights, in the {strategy!r} strategy's own format ({saved_format!r})"
+    return "the tuned model"

@@ -117,11 +117,18 @@ class Tuner:
             # a full or merged save is its own base: continuing from it must not go back to the original
             overrides = {"model": str(path), **overrides}
         tuner = cls.from_config(path / SAVE_CONFIG, **overrides)
-        if meta["format"] == STANDALONE:
-            tuner._load_model(model_path=path)
-        else:  # the strategy restores its own format (a peft adapter, ...) onto the original base
-            tuner._load_model(adapter_path=path)
+        tuner._restore(path, meta["format"])
         return tuner
+
+    def _restore(self, saved: Path, fmt: str) -> None:
+        """Load what ``save`` wrote: a standalone model is its own base; any other format is the
+        strategy's own (a peft adapter, ...), restored onto the original base."""
+        from tunekit.formats import STANDALONE
+
+        if fmt == STANDALONE:
+            self._load_model(model_path=saved)
+        else:
+            self._load_model(adapter_path=saved)
 
     # -- the underlying objects -------------------------------------------------------------
     @property
@@ -306,12 +313,10 @@ class Tuner:
         """The result of a run that already finished what was asked: nothing is trained again."""
         log.warning("tunekit: %s already finished this run (same config, data and budget); nothing to train.", run.path)
         result = FitResult.model_validate_json((run.path / RUN_RESULT).read_text(encoding="utf-8"))
+        from tunekit.config_files import read_saved_meta
+
         saved = run.path / "model"
-        meta = json.loads((saved / SAVE_META).read_text(encoding="utf-8"))
-        if meta.get("format") == "adapter":
-            self._load_model(adapter_path=saved)
-        else:
-            self._load_model(model_path=saved)
+        self._restore(saved, read_saved_meta(saved, SAVE_META, SAVE_CONFIG)["format"])
         self.last_result = result
         return result
 
