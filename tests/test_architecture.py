@@ -147,3 +147,23 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 @pytest.mark.parametrize("module", ["tunekit.parts", "tunekit.hookspecs", "tunekit.results", "tunekit.errors"])
 def test_the_bottom_layer_imports_only_the_bottom_layer(module):
     assert {layer_of(m) for m in graph()[module]} <= {0}
+
+
+def test_the_architecture_page_lists_every_layer_and_module_prefix():
+    """docs/architecture.md's diagram stays true: every prefix of every layer is named on its layer's lines."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    diagram = text.split("```text", 1)[1].split("```", 1)[0]
+    layers: dict[int, str] = {}
+    current = None
+    for line in diagram.splitlines():
+        head = line[:3].strip()
+        if head.isdigit():
+            current = int(head)
+            layers[current] = ""
+        if current is not None and line.strip() != "|":
+            layers[current] += " " + line
+    assert sorted(layers) == sorted(LAYERS)
+    for layer, prefixes in LAYERS.items():
+        for prefix in prefixes:
+            shown = [p for p in layers[layer].split() if p == prefix]
+            assert shown, f"docs/architecture.md: layer {layer} should list {prefix}"

@@ -315,3 +315,47 @@ def evaluate(
     inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references)
     values = {m.name: float(m.metric.compute(inputs)) for m in metrics}
     return base.model_copy(update={"metrics": values, "generations": generations})
+
+
+def generate_text(model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
+    """Greedy (unless told otherwise) continuation of a text prompt, or answer to a chat; what ``Tuner.generate`` returns."""
+    import torch
+
+    from tunekit.config import check_generation_fits
+    from tunekit.config_files import check_generate_options, check_positive_int
+    from tunekit.data.chat import render_generation_prompt
+    from tunekit.training.distributed import inference_module, synced_generation
+
+    if isinstance(prompt, str) and not prompt:
+        # One rule for every tokenizer: with no BOS token an empty prompt has no token to start
+        # from, and with one the "answer" would be unconditioned text, not a continuation.
+        raise DataError(
+            "generate was given an empty prompt; give the text to continue (or a chat to answer). "
+            "For unconditioned text, pass the BOS token explicitly: generate(tuner.tokenizer.bos_token)."
+        )
+    check_positive_int("generate", max_new_tokens=generate_kwargs.get("max_new_tokens"))
+    check_generate_options(model, generate_kwargs)  # a typo is a ConfigError, not transformers' ValueError
+    text, add_special = render_generation_prompt(tokenizer, prompt)
+    enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items()}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": 64,
+        "do_sample": False,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": stop_token_ids(model, tokenizer) or None,
+    }
+    kwargs.update(generate_kwargs)
+    check_generation_fits(model, int(enc["input_ids"].shape[1]), kwargs.get("max_new_tokens"))
+    if synced_generation(model):
+        kwargs.setdefault("synced_gpus", True)
+    # after a sharded (FSDP / ZeRO-3) fit, every rank calls generate together
+    with inference_module(model) as module:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module.generate(**enc, **kwargs)
+        finally:
+            module.train(was_training)
+    return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
+    from tunekit.config import TuneConfig
+    from tunekit.data.pipeline import PreparedRows
+    from tunekit.data.preparation import TokenizationCache
+
 NO_LIMIT = 10**9
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
 
@@ -346,3 +350,46 @@ def estimate_step(
         sequence_length=int(batch["input_ids"].shape[1]),
         method=f"measured forward+backward on the longest batch (best of {repeats}) + AdamW state",
     )
+
+
+def audit(
+    config: TuneConfig, model: Any, tokenizer: PreTrainedTokenizerBase, rows: PreparedRows, *, estimate: bool = True,
+    sample_rows: int = 2000, trains_tied_weights: bool = False, tokenization: TokenizationCache | None = None,
+) -> PreflightReport:
+    """The report ``Tuner.preflight`` returns: token statistics, the label audit, the chat-template
+    check, trainable parameters by block and (``estimate``) a measured step, on up to
+    ``sample_rows`` of ``rows``. ``trains_tied_weights``: the strategy trains tied weights on
+    purpose (full fine-tuning), so tying is reported as information, not a warning."""
+    from tunekit.data.preparation import TokenizationCache, choose
+    from tunekit.training.loss import use_trained_logits
+
+    train = rows.train.select(range(min(len(rows.train), sample_rows)))
+    name, objective = choose(config, rows.format)
+    max_length = config.training.max_length
+    stats, full = token_stats(objective, train, tokenizer, max_length)
+    report = PreflightReport(objective=name, row_format=rows.format, token_stats=stats)
+    report.label_samples = [marked_text(tokenizer, full[i]["input_ids"], full[i]["labels"]) for i in range(min(3, len(full)))]
+    report.findings += label_findings(name, full, tokenizer)
+    report.findings += template_findings(tokenizer, rows.format)
+    if stats.rows_without_trained_tokens:
+        severity: Literal["error", "warning"] = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
+        report.findings.append(Finding(severity=severity, code="rows-without-trained-tokens", message=(
+            f"{stats.rows_without_trained_tokens} of {stats.rows} rows have no trained token inside "
+            f"max_length={max_length}; raise training.max_length or shorten the prompts.")))
+    if stats.rows_over_max_length:
+        report.findings.append(Finding(severity="warning", code="rows-over-max-length", message=(
+            f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
+            f"(the {name!r} objective truncates or splits them).")))
+    report.params_by_block, tied = params_by_block(model)
+    if trains_tied_weights:
+        tied = [f.model_copy(update={"severity": "info"}) for f in tied]
+    report.findings += tied
+    if estimate and not report.errors:
+        tokenized = (tokenization or TokenizationCache(size=1)).tokenize(config, name, objective, rows.format, train, tokenizer)
+        t = config.training
+        report.estimate = estimate_step(
+            model, tokenized, pad_token_id=int(tokenizer.pad_token_id), batch_size=t.batch_size,
+            accumulation=t.gradient_accumulation, device=str(next(model.parameters()).device),
+            trained_logits=use_trained_logits(model, t.trained_logits_only),
+        )
+    return report

@@ -14,9 +14,9 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from tunekit.config import TuneConfig, build_part, check_generation_fits, clamp_max_length
+from tunekit.config import TuneConfig, build_part
 from tunekit.errors import ConfigError, ModelLoadError, Problem, TunekitError
 from tunekit.results import EvalResult, FitResult
 from tunekit.run_directory import PYTHON_FLAGS
@@ -152,49 +152,13 @@ class Tuner:
         return self._tokenizer
 
     def _load_model(self, *, adapter_path: Path | None = None, model_path: Path | None = None) -> None:
-        import torch
-        from transformers import set_seed
+        """Load the model and tokenizer (see :func:`tunekit.models.setup.load_for_run`); a saved
+        strategy format at ``adapter_path`` is restored onto the base, a standalone save at ``model_path`` is the base."""
+        from tunekit.models.setup import load_for_run
 
-        from tunekit.models.loading import ModelSource, load_configured_tokenizer, load_model, resolve_source
-        from tunekit.training.distributed import is_sharding_launch, process_device
-
-        cfg = self.config
-        # This process's device (its own GPU under torchrun): evaluate, generate and preflight run
-        # there too, not only the Trainer. Under FSDP / DeepSpeed the Trainer shards it from the CPU.
-        device = None if is_sharding_launch() else process_device()
-        base = ModelSource("local", str(model_path)) if model_path else resolve_source(cfg.model)
-        tok_source = ModelSource("local", str(adapter_path)) if adapter_path else base
-        revision = cfg.revision if base.kind == "hub" else None
-        remote = cfg.trust_remote_code
-        tokenizer = load_configured_tokenizer(cfg, tok_source, revision=revision)
-        # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
-        frozen_base = self.strategy.uses_adapters
-        dtype = self.precision.compute_dtype if frozen_base else torch.float32
-        model: Any = load_model(
-            base, dtype=dtype, extra_kwargs=self.quantizer.load_kwargs(self.precision.compute_dtype),
-            trust_remote_code=remote, revision=revision, device=device,
+        self._model, self._tokenizer, self.config = load_for_run(
+            self.config, self.strategy, self.quantizer, self.precision, saved=adapter_path, base_path=model_path
         )
-        self.config = clamp_max_length(self.config, model)  # a max_length past the model's positions
-        gc = cfg.training.gradient_checkpointing
-        model = self.quantizer.prepare_for_training(model, gradient_checkpointing=gc)
-        set_seed(cfg.training.seed)
-        from tunekit.formats import as_strategy
-
-        strategy = as_strategy(self.strategy, quantized=self.quantizer.quantizes_base)
-        if adapter_path is not None:  # a save in the strategy's own format, restored onto the base
-            model = strategy.load(model, adapter_path)
-        else:
-            model = strategy.prepare(model)
-        if gc and hasattr(model, "enable_input_require_grads"):
-            # With a frozen embedding layer, checkpointed blocks get inputs that do not require
-            # grad, and the adapters/head behind them would silently receive no gradient.
-            model.enable_input_require_grads()
-        if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-        if device is not None and not self.quantizer.quantizes_base:  # new adapter/head weights join the base
-            model = model.to(device)
-        model.eval()  # ready for inference (dropout off); the Trainer switches to train mode for its steps
-        self._model, self._tokenizer = model, tokenizer
 
     # -- data -------------------------------------------------------------------------------
     def _prepare(self, train: Any, eval: Any = None, *, split_eval: bool = True) -> PreparedData:
@@ -373,51 +337,9 @@ class Tuner:
         Greedy with at most 64 new tokens unless ``generate_kwargs`` say otherwise. An empty
         prompt is a ``DataError`` (pass ``tokenizer.bos_token`` for unconditioned text).
         """
-        import torch
+        from tunekit.evaluation import generate_text
 
-        from tunekit.config_files import check_generate_options, check_positive_int
-        from tunekit.data.chat import render_generation_prompt
-        from tunekit.errors import DataError
-
-        if isinstance(prompt, str) and not prompt:
-            # One rule for every tokenizer: with no BOS token an empty prompt has no token to start
-            # from, and with one the "answer" would be unconditioned text, not a continuation.
-            raise DataError(
-                "generate was given an empty prompt; give the text to continue (or a chat to answer). "
-                "For unconditioned text, pass the BOS token explicitly: generate(tuner.tokenizer.bos_token)."
-            )
-        check_positive_int("generate", max_new_tokens=generate_kwargs.get("max_new_tokens"))
-        check_generate_options(self.model, generate_kwargs)  # a typo is a ConfigError, not transformers' ValueError
-        from tunekit.evaluation import stop_token_ids
-        from tunekit.training.distributed import inference_module
-
-        tokenizer = self.tokenizer
-        text, add_special = render_generation_prompt(tokenizer, prompt)
-        enc = tokenizer(text, return_tensors="pt", add_special_tokens=add_special)
-        device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": 64,
-            "do_sample": False,
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": stop_token_ids(self.model, tokenizer) or None,
-        }
-        kwargs.update(generate_kwargs)
-        check_generation_fits(self.model, int(enc["input_ids"].shape[1]), kwargs.get("max_new_tokens"))
-        from tunekit.training.distributed import synced_generation
-
-        if synced_generation(self.model):
-            kwargs.setdefault("synced_gpus", True)
-        # after a sharded (FSDP / ZeRO-3) fit, every rank calls generate together
-        with inference_module(self.model) as model:
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.no_grad():
-                    out = model.generate(**enc, **kwargs)  # type: ignore[operator]
-            finally:
-                model.train(was_training)
-        return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        return generate_text(self.model, self.tokenizer, prompt, **generate_kwargs)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -462,48 +384,17 @@ class Tuner:
         with ``estimate``, peak memory and time per step measured on the longest real batch.
         Nothing is trained and no weight changes.
         """
-        from tunekit import preflight as pf
+        from tunekit.data.preparation import load_data
+        from tunekit.formats import as_strategy
+        from tunekit.preflight import audit
 
         data = data if data is not None else self.config.data.train
         if data is None:
             raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
-        from tunekit.data.preparation import choose, load_data
-
-        rows = load_data(self.config, data)
-        train = rows.train.select(range(min(len(rows.train), sample_rows)))
-        name, objective = choose(self.config, rows.format)
-        max_length = self.config.training.max_length
-        stats, full = pf.token_stats(objective, train, self.tokenizer, max_length)
-        report = pf.PreflightReport(objective=name, row_format=rows.format, token_stats=stats)
-        report.label_samples = [pf.marked_text(self.tokenizer, full[i]["input_ids"], full[i]["labels"]) for i in range(min(3, len(full)))]
-        report.findings += pf.label_findings(name, full, self.tokenizer)
-        report.findings += pf.template_findings(self.tokenizer, rows.format)
-        if stats.rows_without_trained_tokens:
-            severity: Literal["error", "warning"] = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
-            report.findings.append(pf.Finding(severity=severity, code="rows-without-trained-tokens", message=(
-                f"{stats.rows_without_trained_tokens} of {stats.rows} rows have no trained token inside "
-                f"max_length={max_length}; raise training.max_length or shorten the prompts.")))
-        if stats.rows_over_max_length:
-            report.findings.append(pf.Finding(severity="warning", code="rows-over-max-length", message=(
-                f"{stats.rows_over_max_length} of {stats.rows} rows are longer than max_length={max_length} "
-                f"(the {name!r} objective truncates or splits them).")))
-        report.params_by_block, tied = pf.params_by_block(self.model)
-        from tunekit.formats import as_strategy
-
-        if as_strategy(self.strategy).trains_tied_weights:  # e.g. full fine-tuning: tied weights train together by design
-            tied = [f.model_copy(update={"severity": "info"}) for f in tied]
-        report.findings += tied
-        if estimate and not report.errors:
-            from tunekit.training.loss import use_trained_logits
-
-            tokenized = self._tokenization.tokenize(self.config, name, objective, rows.format, train, self.tokenizer)
-            t = self.config.training
-            report.estimate = pf.estimate_step(
-                self.model, tokenized, pad_token_id=int(self.tokenizer.pad_token_id), batch_size=t.batch_size,
-                accumulation=t.gradient_accumulation, device=str(next(self.model.parameters()).device),
-                trained_logits=use_trained_logits(self.model, t.trained_logits_only),
-            )
-        return report
+        return audit(
+            self.config, self.model, self.tokenizer, load_data(self.config, data), estimate=estimate, sample_rows=sample_rows,
+            trains_tied_weights=as_strategy(self.strategy).trains_tied_weights, tokenization=self._tokenization,
+        )
 
     def _check_before_fit(self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool) -> None:
         from tunekit import preflight as pf

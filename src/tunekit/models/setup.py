@@ -1,0 +1,63 @@
+"""The model and tokenizer a run trains or serves, set up the same way for fit, load, evaluate and generate.
+
+Loaded onto this process's device (its own GPU under torchrun; left on the CPU under FSDP /
+DeepSpeed, which shard from there), in the compute dtype where the base is frozen, prepared
+by the quantizer and the strategy (or restored from a save in the strategy's own format), and
+handed back in eval mode: the Trainer switches to train mode for its own steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tunekit.config import TuneConfig
+    from tunekit.training.precision import Precision
+
+
+def load_for_run(
+    config: TuneConfig, strategy: Any, quantizer: Any, precision: Precision, *, saved: Path | None = None,
+    base_path: Path | None = None,
+) -> tuple[Any, PreTrainedTokenizerBase, TuneConfig]:
+    """``(model, tokenizer, config)``; the config comes back with ``max_length`` clamped to the model's positions.
+
+    ``saved``: a save in the strategy's own format (a peft adapter, ...), restored onto the base,
+    whose tokenizer it holds. ``base_path``: a standalone save used as the base.
+    """
+    import torch
+    from transformers import set_seed
+
+    from tunekit.config import clamp_max_length
+    from tunekit.formats import as_strategy
+    from tunekit.models.loading import ModelSource, load_configured_tokenizer, load_model, resolve_source
+    from tunekit.training.distributed import is_sharding_launch, process_device
+
+    device = None if is_sharding_launch() else process_device()
+    base = ModelSource("local", str(base_path)) if base_path else resolve_source(config.model)
+    revision = config.revision if base.kind == "hub" else None
+    tokenizer = load_configured_tokenizer(config, ModelSource("local", str(saved)) if saved else base, revision=revision)
+    # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
+    dtype = precision.compute_dtype if strategy.uses_adapters else torch.float32
+    model: Any = load_model(
+        base, dtype=dtype, extra_kwargs=quantizer.load_kwargs(precision.compute_dtype),
+        trust_remote_code=config.trust_remote_code, revision=revision, device=device,
+    )
+    config = clamp_max_length(config, model)  # a max_length past the model's positions
+    checkpointing = config.training.gradient_checkpointing
+    model = quantizer.prepare_for_training(model, gradient_checkpointing=checkpointing)
+    set_seed(config.training.seed)
+    part = as_strategy(strategy, quantized=quantizer.quantizes_base)
+    model = part.load(model, saved) if saved is not None else part.prepare(model)
+    if checkpointing and hasattr(model, "enable_input_require_grads"):
+        # With a frozen embedding layer, checkpointed blocks get inputs that do not require
+        # grad, and the adapters/head behind them would silently receive no gradient.
+        model.enable_input_require_grads()
+    if getattr(model, "generation_config", None) is not None and tokenizer.pad_token_id is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device is not None and not quantizer.quantizes_base:  # new adapter/head weights join the base on its device
+        model = model.to(device)
+    model.eval()
+    return model, tokenizer, config
