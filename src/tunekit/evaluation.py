@@ -317,7 +317,7 @@ def evaluate(
     return base.model_copy(update={"metrics": values, "generations": generations})
 
 
-def generate_text(model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
+def generate_text(model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]], /, **generate_kwargs: Any) -> str:
     """Greedy (unless told otherwise) continuation of a text prompt, or answer to a chat; what ``Tuner.generate`` returns."""
     import torch
 

@@ -184,6 +184,14 @@ class Objective(Part, Protocol):
         :func:`tunekit.data.collate.collator_for`.
         """
 
+    def loss(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """The training loss of one batch (optional): the mean over the batch's items, or the sum
+        divided by ``num_items_in_batch`` (the items of the whole accumulated batch) when it is given.
+
+        An objective that does not define it is trained on tunekit's cross-entropy over the
+        ``labels`` (:func:`tunekit.training.loss.trained_logits_loss`, or the model's own loss).
+        """
+
 
 class Metric(Part, Protocol):
     """Scores a model on evaluation rows; ``Tuner.evaluate(data, metrics=[name, ...])`` asks for it.

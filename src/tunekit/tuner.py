@@ -165,8 +165,9 @@ class Tuner:
         """Rows loaded, the objective chosen and the rows tokenized (see :mod:`tunekit.data.preparation`)."""
         from tunekit.data.preparation import load_data, tokenize_data
 
+        tokenizer = self.tokenizer  # first: loading the model clamps config.training.max_length to its positions
         rows = load_data(self.config, train, eval, split_eval=split_eval)
-        return tokenize_data(self.config, rows, self.tokenizer, self._tokenization)
+        return tokenize_data(self.config, rows, tokenizer, self._tokenization)
 
     # -- the verbs ------------------------------------------------------------------------------
     def fit(
@@ -238,6 +239,7 @@ class Tuner:
             config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
             learning_rate=self.config.training.learning_rate or self.strategy.default_learning_rate,
             precision=self.precision, collator=collator_for(data.objective, self.tokenizer),
+            loss=getattr(data.objective, "loss", None),  # what the objective needs from training is asked of it
         )
 
     def _fit_hooks(self) -> FitHooks:
@@ -391,8 +393,9 @@ class Tuner:
         data = data if data is not None else self.config.data.train
         if data is None:
             raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
+        model, tokenizer = self.model, self.tokenizer  # first: loading clamps max_length to the model's positions
         return audit(
-            self.config, self.model, self.tokenizer, load_data(self.config, data), estimate=estimate, sample_rows=sample_rows,
+            self.config, model, tokenizer, load_data(self.config, data), estimate=estimate, sample_rows=sample_rows,
             trains_tied_weights=as_strategy(self.strategy).trains_tied_weights, tokenization=self._tokenization,
         )
 

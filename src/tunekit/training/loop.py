@@ -96,6 +96,7 @@ def train(
     resume_from: str | None = None,
     fingerprint: dict[str, str] | None = None,
     collator: Any = None,
+    loss: Any = None,
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured.
 
@@ -157,6 +158,7 @@ def train(
     )
     trainer.keep_checkpoints = o.keep_checkpoints
     trainer.run_fingerprint = fingerprint
+    trainer.objective_loss = loss  # the objective's own loss (Objective.loss), or None for tunekit's
     from tunekit.training.loss import use_trained_logits
 
     trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)

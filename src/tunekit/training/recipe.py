@@ -54,6 +54,8 @@ class FitPlan:
     learning_rate: float
     precision: Precision
     collator: Any
+    loss: Any = None
+    """The objective's own training loss (``Objective.loss``), or None for tunekit's cross-entropy."""
 
 
 @dataclass
@@ -120,6 +122,7 @@ def train_run(
             resume_from=str(start.checkpoint) if start.checkpoint else None,
             fingerprint=start.fingerprint,
             collator=plan.collator,
+            loss=plan.loss,
         )
     except TrainingInterrupted as exc:
         if not run.staged:

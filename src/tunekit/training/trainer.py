@@ -77,6 +77,8 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
 
     keep_checkpoints: int | None = None
     trained_logits_only: bool = False
+    objective_loss: Any = None
+    """The objective's own ``loss(model, inputs, num_items_in_batch)``, when it has one (``Objective.loss``)."""
     run_fingerprint: dict[str, str] | None = None
     """Written into every checkpoint (:data:`tunekit.training.checkpoints.FINGERPRINT`) so a resume can check it."""
     """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
@@ -84,9 +86,12 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        if not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
+        if self.objective_loss is not None and model.training and not return_outputs:
+            loss = self.objective_loss(model, inputs, num_items_in_batch)
+        elif not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = trained_logits_loss(model, inputs, num_items_in_batch)
+        else:
+            loss = trained_logits_loss(model, inputs, num_items_in_batch)
         # Scaled as Trainer.compute_loss scales a model's own loss: divided by the items of the whole
         # accumulated batch when the Trainer counted them (it does for models that take loss
         # kwargs, and then does not divide by the accumulation steps again), and multiplied back by
