@@ -144,6 +144,10 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_debris(tiny_gpt2, tmp_path, 
         tuner.fit(sft_rows(8))
     leftovers = [str(p.relative_to(small_disk)) for p in small_disk.rglob("*")]
     assert not any(".staging/" in p or p.startswith(".tunekit-new") for p in leftovers), leftovers
+    # The failed run removed what it had written; fill the disk (but 16 KiB) so the save cannot fit either.
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler.bin").write_bytes(b"\0" * max(0, free - 16 * 1024))
     with pytest.raises(DiskFullError):
         tuner.save(small_disk / "adapter")
     assert not list(small_disk.glob(".tunekit-*")) and not (small_disk / "adapter").exists()
+    assert (small_disk / "filler.bin").stat().st_size == max(0, free - 16 * 1024)  # the user's file is untouched
