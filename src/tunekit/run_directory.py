@@ -387,12 +387,8 @@ def claim(
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise disk_error(exc, target) from exc
-    try:
-        acquire_lock(target)
-    except BaseException:
-        if created_root is not None:
-            shutil.rmtree(created_root, ignore_errors=True)
-        raise
+    # Refused here, nothing is removed: a process that beat this one to the lock now owns what it found.
+    acquire_lock(target)
     try:
         again = read_marker(target)  # under the lock: another process may have claimed it meanwhile
         others = [p.name for p in target.iterdir() if p.name != LOCK]
