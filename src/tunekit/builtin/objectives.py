@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class SFTOptions(PartOptions):
     append_eos: bool = Field(
         default=True,
-        description="Append the EOS token to each answer and train it, so the tuned model stops.",
+        description="Where the chat template writes no end-of-turn token (or for prompt/completion rows), "
+        "append EOS after the last answer and train it, so the tuned model stops.",
     )
 
 
