@@ -117,9 +117,11 @@ def test_sigkill_at_a_random_moment(tiny_gpt2, tmp_path, reference, seed):
     if mode == "overwrite":
         shutil.copytree(reference["old_dir"], out)
     proc = _start(tiny_gpt2, out, mode, tmp_path / "r.json")
-    killed = _kill_at_random(proc, rng.uniform(0.0, 1.1 * reference["duration"]))
-    _check_and_finish(tiny_gpt2, out, mode, reference, tmp_path)
-    del killed  # finishing first is an outcome too (the kill came after the run ended)
+    delay = rng.uniform(0.0, 1.1 * reference["duration"])
+    killed = _kill_at_random(proc, delay)
+    state = _check_and_finish(tiny_gpt2, out, mode, reference, tmp_path)
+    # Shown with `pytest -s`: what each kill left (finishing first is an outcome too).
+    print(f"fault seed {seed}: {mode}, SIGKILL after {delay:.1f}s: {'killed' if killed else 'finished first'}, left {state}")
 
 
 @pytest.fixture
