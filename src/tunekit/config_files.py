@@ -333,12 +333,13 @@ def check_generate_options(model: Any, options: dict[str, Any]) -> None:
     import difflib
     import inspect
 
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, GenerationMixin
 
     if not options:
         return
     known = set(GenerationConfig().to_dict()) | GENERATE_EXTRA_OPTIONS
-    for fn in (getattr(model, "generate", None), getattr(model, "forward", None)):
+    # GenerationMixin.generate too: a peft model's generate(*args, **kwargs) hides streamer=, stopping_criteria=...
+    for fn in (GenerationMixin.generate, getattr(model, "generate", None), getattr(model, "forward", None)):
         try:
             known |= set(inspect.signature(fn).parameters) - {"self", "kwargs", "args"}  # type: ignore[arg-type]
         except (TypeError, ValueError):
