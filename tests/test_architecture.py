@@ -18,7 +18,8 @@ LAYERS: dict[int, tuple[str, ...]] = {
         "tunekit.registry", "tunekit.config_merge", "tunekit.run_directory"),
     1: ("tunekit.config", "tunekit.config_files", "tunekit.plugins"),
     2: ("tunekit.data", "tunekit.models", "tunekit.training", "tunekit.evaluation", "tunekit.preflight",
-        "tunekit.merging", "tunekit.builtin", "tunekit.model_card", "tunekit.tasks", "tunekit.formats"),
+        "tunekit.merging", "tunekit.builtin", "tunekit.model_card", "tunekit.tasks", "tunekit.formats",
+        "tunekit.export"),
     3: ("tunekit.tuner",),
     4: ("tunekit.comparison", "tunekit.cli", "tunekit.demo", "tunekit.reference", "tunekit.testing", "tunekit"),
 }

@@ -442,3 +442,14 @@ class Tuner:
         """Merge (:meth:`merge`) and save a standalone transformers model that plain ``from_pretrained`` loads."""
         self.merge()
         return self.save(path, overwrite=overwrite)
+
+    def export(
+        self, path: str | os.PathLike[str], *, type: str = "f16", overwrite: bool = False  # noqa: A002
+    ) -> Path:
+        """Merge (:meth:`merge`) and write one GGUF file for llama.cpp / Ollama (``f32``, ``f16``, ``q8_0``, ``q4_0``).
+
+        Llama, Mistral and Qwen2 models with byte-level BPE tokenizers; see docs/export.md.
+        """
+        from tunekit.export import export_gguf
+
+        return export_gguf(self.merge(), self.tokenizer, path, type=type, overwrite=overwrite)  # type: ignore[arg-type]
