@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +87,25 @@ class ModelDirectoryFormat:
 
 PEFT_ADAPTER = PeftAdapterFormat()
 MODEL_DIRECTORY = ModelDirectoryFormat()
+
+
+class SavedInFormat:
+    """``save`` / ``load`` / ``merge`` of a strategy that writes one of the shared formats.
+
+    A strategy sets ``format`` (:data:`PEFT_ADAPTER` or :data:`MODEL_DIRECTORY`) and mixes this
+    in; the three methods are then the format's, written once for every such strategy.
+    """
+
+    format: ClassVar[PeftAdapterFormat | ModelDirectoryFormat]
+
+    def save(self, model: torch.nn.Module, directory: Path) -> str:
+        return self.format.save(model, directory)
+
+    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
+        return self.format.load(base_model, directory)
+
+    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
+        return self.format.merge(model, tokenizer)
 
 
 # -- strategies written for the first protocol -------------------------------------------------------

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat
+from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat, SavedInFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import NoOptions
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import torch
 
 
-class FullStrategy:
+class FullStrategy(SavedInFormat):
     """Every parameter of the model trains.
 
     >>> FullStrategy(NoOptions()).default_learning_rate
@@ -46,15 +45,6 @@ class FullStrategy:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
-
-    def save(self, model: torch.nn.Module, directory: Path) -> str:
-        return self.format.save(model, directory)
-
-    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
-        return self.format.load(base_model, directory)
-
-    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
-        return self.format.merge(model, tokenizer)
 
 
 @hookimpl

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from tunekit.errors import ConfigError, Problem
-from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat
+from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat, SavedInFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.models.inspect import decoder_blocks
 from tunekit.parts import PartOptions
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import torch
 
@@ -24,7 +23,7 @@ class HeadOptions(PartOptions):
     )
 
 
-class HeadStrategy:
+class HeadStrategy(SavedInFormat):
     """Only the output head trains (and the last ``last_n_blocks`` blocks when asked).
 
     When the head shares its weight with the input embeddings (GPT-2 and many small models
@@ -85,15 +84,6 @@ class HeadStrategy:
                 for param in block.parameters():
                     param.requires_grad_(True)
         return model
-
-    def save(self, model: torch.nn.Module, directory: Path) -> str:
-        return self.format.save(model, directory)
-
-    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
-        return self.format.load(base_model, directory)
-
-    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
-        return self.format.merge(model, tokenizer)
 
 
 def _untie_in_config(model: torch.nn.Module) -> None:

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tunekit.errors import ConfigError, Problem
-from tunekit.formats import PEFT_ADAPTER, PeftAdapterFormat
+from tunekit.formats import PEFT_ADAPTER, PeftAdapterFormat, SavedInFormat
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import torch
 
@@ -87,7 +86,7 @@ def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> No
         )
 
 
-class LoraStrategy:
+class LoraStrategy(SavedInFormat):
     """LoRA adapters on the chosen layers; the base weights stay frozen and unchanged."""
 
     name: ClassVar[str] = "lora"
@@ -159,15 +158,6 @@ class LoraStrategy:
         from peft import get_peft_model
 
         return get_peft_model(model, self.peft_config(model))  # type: ignore[arg-type]
-
-    def save(self, model: torch.nn.Module, directory: Path) -> str:
-        return self.format.save(model, directory)
-
-    def load(self, base_model: torch.nn.Module, directory: Path) -> torch.nn.Module:
-        return self.format.load(base_model, directory)
-
-    def merge(self, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module:
-        return self.format.merge(model, tokenizer)
 
 
 @hookimpl
