@@ -379,16 +379,10 @@ def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
     for location, (kind, spec) in specs.items():
         if spec is None:
             continue
-        registry = get_registry(kind)
-        if spec.name not in registry:
-            problems.append(Problem(location, registry.unknown_message(spec.name), "unknown_part"))
+        found = validated_options(get_registry(kind), spec, location, problems)
+        if found is None:
             continue
-        reg = registry.get(spec.name)
-        try:
-            options = reg.options_model.model_validate(spec.options)
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, reg.options_model, prefix=location))
-            continue
+        reg, options = found
         instances[location] = reg.cls(options)
         if fill and isinstance(source, TuneConfig):
             filled = PartSpec(name=spec.name, options=options.model_dump(mode="python"))
@@ -407,6 +401,19 @@ def _validate_parts(source: Any, *, fill: bool) -> list[Problem]:
         if why:
             problems.append(Problem("strategy", why))
     return problems
+
+
+def validated_options(registry: Any, spec: PartSpec, location: str, problems: list[Problem]) -> tuple[Any, Any] | None:
+    """``(registration, options)`` for a spec, or None with its problem added (unknown part, bad options)."""
+    if spec.name not in registry:
+        problems.append(Problem(location, registry.unknown_message(spec.name), "unknown_part"))
+        return None
+    reg = registry.get(spec.name)
+    try:
+        return reg, reg.options_model.model_validate(spec.options)
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(exc, reg.options_model, prefix=location))
+        return None
 
 
 def _get_spec(source: Any, field: str) -> PartSpec | None:
@@ -543,15 +550,10 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Ma
         except ValidationError as exc:
             problems.extend(problems_from_validation(exc, prefix=where))
             continue
-        if part.name not in registry:
-            problems.append(Problem(where, registry.unknown_message(part.name), "unknown_part"))
+        found = validated_options(registry, part, where, problems)
+        if found is None:
             continue
-        reg = registry.get(part.name)
-        try:
-            options = reg.options_model.model_validate(part.options)
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, reg.options_model, prefix=where))
-            continue
+        reg, options = found
         if any(c.name == part.name for c in chosen):
             problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))
             continue
