@@ -321,25 +321,28 @@ def step_clock(record: Record, between: Callable[[int], None] | None = None) -> 
 
 @contextlib.contextmanager
 def instrument_tunekit(between: Callable[[Record, int], None] | None = None) -> Iterator[Record]:
-    """Record tunekit's batches and time its steps, by wrapping the collator and adding a callback
-    inside ``tunekit.training.loop`` (its only two seams; nothing else changes)."""
+    """Record tunekit's batches and time its steps, by wrapping the collator ``fit`` hands to
+    ``tunekit.training.loop.train`` (the objective's) and adding a callback there (its only two
+    seams; nothing else changes)."""
     import tunekit.training.loop as loop
 
     record = Record()
-    original_callbacks, original_collator = loop._callbacks, loop.PadPerBatch
+    original_callbacks, original_train = loop._callbacks, loop.train
 
     def callbacks(*args: Any, **kwargs: Any) -> list[Any]:
         hook = (lambda i: between(record, i)) if between else None
         return [*original_callbacks(*args, **kwargs), step_clock(record, hook)]
 
-    def collator(**kwargs: Any) -> RecordingCollator:
-        return RecordingCollator(original_collator(**kwargs), record)
+    def train(model: Any, tokenizer: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = kwargs.get("collator") or loop.PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
+        kwargs["collator"] = RecordingCollator(inner, record)
+        return original_train(model, tokenizer, *args, **kwargs)
 
-    loop._callbacks, loop.PadPerBatch = callbacks, collator  # type: ignore[assignment]
+    loop._callbacks, loop.train = callbacks, train  # type: ignore[assignment]
     try:
         yield record
     finally:
-        loop._callbacks, loop.PadPerBatch = original_callbacks, original_collator  # type: ignore[assignment]
+        loop._callbacks, loop.train = original_callbacks, original_train  # type: ignore[assignment]
 
 
 def tokens_per_second(record: Record, skip: int) -> float:
