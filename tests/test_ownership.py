@@ -63,23 +63,43 @@ def test_a_user_folder_with_a_tunekit_yaml_is_not_a_run(tiny_gpt2, tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_output_dir_that_is_a_file_a_symlink_or_read_only(tiny_gpt2, tmp_path):
+def test_output_dir_that_is_a_file_or_a_symlink(tiny_gpt2, tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
+    before = snapshot(tmp_path)
+    for out, message in [("file", "is a file"), ("link", "symbolic link")]:
+        with pytest.raises(OutputDirError, match=message):
+            _tuner(tiny_gpt2, tmp_path / out).fit(sft_rows(4))
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_output_dir_is_refused(tiny_gpt2, tmp_path):
+    """As a user: a directory without write permission. As root (CI), who writes through
+    permissions: a read-only filesystem (a tmpfs mounted ro), which refuses root too."""
+    import shutil as sh
+
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o555)
-    before = snapshot(tmp_path)
+    mounted = False
+    if os.geteuid() == 0:
+        if sh.which("mount") is None:
+            pytest.skip("root needs mount(8) to make a read-only filesystem")
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"mount is not permitted here: {made.stderr.strip()}")
+        mounted = True
+    else:
+        ro.chmod(0o555)
     try:
-        for out, message in [("file", "is a file"), ("link", "symbolic link"), ("ro/run", "not writable")]:
-            if out.startswith("ro") and os.geteuid() == 0:
-                continue  # root writes into read-only directories: nothing to refuse
-            with pytest.raises(OutputDirError, match=message):
-                _tuner(tiny_gpt2, tmp_path / out).fit(sft_rows(4))
+        with pytest.raises(OutputDirError, match="not writable"):
+            _tuner(tiny_gpt2, ro / "run").fit(sft_rows(4))
+        assert list(ro.iterdir()) == []
     finally:
-        ro.chmod(0o755)
-    assert snapshot(tmp_path) == before
+        if mounted:
+            subprocess.run(["umount", "-l", str(ro)], check=False)
+        else:
+            ro.chmod(0o755)
 
 
 def test_a_failed_first_run_leaves_nothing_behind(tiny_gpt2, tmp_path):

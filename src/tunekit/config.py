@@ -518,6 +518,7 @@ def build_part(kind: str, spec: PartSpec, location: str) -> Any:
 DEFAULT_METRICS = ("loss", "perplexity")
 """What ``Tuner.evaluate`` measures when it is given no ``metrics``."""
 
+
 @dataclass(frozen=True)
 class ChosenMetric:
     """A metric part, built with its validated options, under the name it is reported as."""

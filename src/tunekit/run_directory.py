@@ -87,12 +87,6 @@ def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data
 
 
-def is_owned(path: str | os.PathLike[str], kind: Kind | None = None) -> bool:
-    """Whether ``path`` is a directory tunekit wrote (of ``kind``, when given)."""
-    marker = read_marker(path)
-    return marker is not None and (kind is None or marker.get("kind") == kind)
-
-
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -543,18 +537,6 @@ def record_entries(directory: Path, *names: str) -> None:
             # Weights can be gigabytes: a big file is known by its size, a small one by its bytes.
             data["entries"][name] = file_digest(entry) if size <= _HASHED_UP_TO else f"size:{size}"
     write_text_atomically(directory / MARKER, json.dumps(data, indent=2, sort_keys=True))
-
-
-def remove_owned(path: Path, *, require_marker: bool = True) -> None:
-    """Delete a directory tunekit wrote: only if it is marked as tunekit's (or ``require_marker=False``
-    for tunekit's own temporary names), and never by following a symbolic link."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_symlink() or not path.is_dir():
-        raise OutputDirError(f"refusing to delete {str(path)!r}: it is not a directory tunekit wrote.")
-    if require_marker and read_marker(path) is None:
-        raise OutputDirError(f"refusing to delete {str(path)!r}: it has no {MARKER}, so tunekit did not write it.")
-    shutil.rmtree(path)
 
 
 _libc: Any = None
