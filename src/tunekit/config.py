@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -114,10 +115,45 @@ class DataOptions(BaseModel):
         description="Hold out this fraction of the training rows for evaluation when no eval "
         "data is given (the split is seeded by training.seed).",
     )
+    add_tokens: list[str] = Field(
+        default_factory=list,
+        description="New special tokens (e.g. ['<|tool|>']) added to the tokenizer; the embeddings are resized "
+        "for them and, under LoRA, just their rows of the input embedding are trained as well "
+        "(peft's trainable_token_indices). Saved with the tokenizer and restored on load.",
+    )
     chat_template: str | None = Field(
         default=None,
         description="A Jinja chat template for chat rows, replacing the tokenizer's own; it is "
         "saved with the tokenizer so training and inference use the same one.",
+    )
+
+
+OPTIMIZERS: dict[str, str] = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw": "paged_adamw_32bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+"""tunekit's optimizer names and transformers' ``TrainingArguments.optim`` names they stand for."""
+
+NEEDS_BITSANDBYTES = ("adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+"""Optimizers whose state lives in bitsandbytes' 8-bit or paged buffers (CUDA only)."""
+
+
+class EarlyStopping(BaseModel):
+    """Stop when the eval loss has not improved for ``patience`` evaluations; the best checkpoint is restored."""
+
+    model_config = _STRICT
+
+    patience: int = Field(default=3, ge=1, description="Evaluations without improvement before training stops.")
+    min_delta: float = Field(
+        default=0.0, ge=0, description="The least drop of the eval loss that counts as an improvement."
+    )
+    metric: Literal["loss"] = Field(
+        default="loss",
+        description="What is watched: the eval loss (the only metric computed at every evaluation during training).",
     )
 
 
@@ -186,6 +222,57 @@ class TrainingOptions(BaseModel):
         "their own loss.",
     )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
+        default="adamw",
+        description="'adamw' (torch's AdamW, fp32 state), 'adamw_8bit' (bitsandbytes' 8-bit state, a quarter of "
+        "the memory), 'paged_adamw' / 'paged_adamw_8bit' (bitsandbytes, state paged to CPU memory under "
+        "pressure), 'adafactor' (factored second moments, no first moment), 'sgd'. The bitsandbytes ones need a "
+        "CUDA GPU.",
+    )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers that get the training logs and tunekit's own figures: any of "
+        "transformers' integrations ('tensorboard', 'mlflow', 'trackio', 'wandb', ...), each installed "
+        "separately (pip install 'tunekit[tensorboard]'). TensorBoard writes into the run directory's "
+        "'tensorboard/' folder; the others use their own settings (MLFLOW_TRACKING_URI, ...).",
+    )
+    run_name: str | None = Field(
+        default=None, description="The run's name in the trackers; None: the output directory's name."
+    )
+    early_stopping: EarlyStopping | None = Field(
+        default=None,
+        description="Stop when the eval loss stops improving, e.g. {patience: 3}; needs eval data and "
+        "training.eval_steps; checkpoints are saved at every evaluation and the best one is restored at the end.",
+    )
+    neftune_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description="NEFTune: add uniform noise of this scale (alpha / sqrt(length x width)) to the input "
+        "embeddings while training (5 is the paper's usual value); None: off.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value in (None, "none"):
+            return []
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_early_stopping(self) -> TrainingOptions:
+        if self.early_stopping is None:
+            return self
+        if self.eval_steps is None:
+            raise ValueError(
+                "early_stopping needs training.eval_steps (how often the eval loss is measured), e.g. eval_steps: 20"
+            )
+        if self.save_steps is not None and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"with early_stopping, training.save_steps ({self.save_steps}) must be a multiple of "
+                f"training.eval_steps ({self.eval_steps}) so the best evaluation has a checkpoint; or leave "
+                "save_steps unset (a checkpoint at every evaluation)"
+            )
+        return self
 
 
 class TuneConfig(BaseModel):

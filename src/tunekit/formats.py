@@ -49,7 +49,12 @@ class PeftAdapterFormat:
 
     def save(self, model: torch.nn.Module, directory: str | Path) -> str:
         """Write the adapter (``adapter_config.json`` + ``adapter_model.safetensors``); return the format."""
-        model.save_pretrained(str(directory))  # type: ignore[operator]
+        config = getattr(model, "peft_config", {}).get("default")
+        # New tokens (data.add_tokens) are trained and saved as peft's token adapter, whose rows replace the
+        # resized embedding's: saving the whole resized embedding as well (peft's "auto") would add
+        # vocabulary x width weights to every adapter for nothing.
+        tokens_only = getattr(config, "trainable_token_indices", None) is not None
+        model.save_pretrained(str(directory), **({"save_embedding_layers": False} if tokens_only else {}))  # type: ignore[operator]
         return self.format
 
     def load(self, base_model: torch.nn.Module, directory: str | Path) -> torch.nn.Module:

@@ -70,6 +70,9 @@ class FitResult(BaseModel):
     trainable_params: int
     total_params: int
     steps: int
+    best_step: int | None = Field(
+        default=None, description="With training.early_stopping: the step whose checkpoint (the best eval loss) was restored."
+    )
     train_loss: float = Field(description="The last logged training loss.")
     mean_train_loss: float = Field(description="Mean training loss over the whole run.")
     eval_loss: float | None = None

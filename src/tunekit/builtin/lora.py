@@ -53,6 +53,21 @@ class LoraOptions(PartOptions):
         return self
 
 
+def new_token_layers(model: torch.nn.Module, token_ids: list[int]) -> dict[str, list[int]]:
+    """peft's ``trainable_token_indices`` for new tokens: the input embedding's rows, and the output head's
+    when it is not tied to the embedding (its new rows are as untrained as the embedding's; peft ties a
+    tied head to the embedding's token adapter itself)."""
+    if not token_ids:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    layers = {names[id(model.get_input_embeddings())].rsplit(".", 1)[-1]: list(token_ids)}  # type: ignore[operator]
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    tied = head is not None and head.weight is model.get_input_embeddings().weight  # type: ignore[operator]
+    if head is not None and not tied:
+        layers[names[id(head)].rsplit(".", 1)[-1]] = list(token_ids)
+    return layers
+
+
 def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> None:
     """A ``ConfigError`` when ``rank`` exceeds the smaller dimension of every adapted layer (the
     update would not be low-rank anywhere, only slower, and a huge rank fails deep inside torch);
@@ -100,6 +115,12 @@ class LoraStrategy(SavedInFormat):
 
     def __init__(self, options: LoraOptions):
         self.options = options
+        self.new_token_ids: list[int] = []
+
+    def train_new_tokens(self, token_ids: list[int]) -> None:
+        """Train just these rows of the input embedding (``data.add_tokens``; peft's ``trainable_token_indices``,
+        which also covers an output head tied to the embedding), saved in the adapter."""
+        self.new_token_ids = list(token_ids)
 
     def check_quantizer(self, quantizer: Any) -> str | None:
         return None  # LoRA on a k-bit base is QLoRA
@@ -128,6 +149,7 @@ class LoraStrategy(SavedInFormat):
             use_rslora=o.use_rslora,
             bias=o.bias,
             modules_to_save=o.modules_to_save,
+            trainable_token_indices=new_token_layers(model, self.new_token_ids) or None,
             fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights transposed
         )
 

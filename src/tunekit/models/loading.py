@@ -264,7 +264,22 @@ def load_configured_tokenizer(
     tokenizer = load_tokenizer(base, trust_remote_code=config.trust_remote_code, revision=revision)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
+    add_new_tokens(tokenizer, config.data.add_tokens)
     return tokenizer
+
+
+def add_new_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> list[int]:
+    """Add ``tokens`` as special tokens (never split, never normalised) and return their ids.
+
+    A token the tokenizer already has (a reload of a save that added it) keeps its id.
+    """
+    if not tokens:
+        return []
+    known = tokenizer.get_vocab()
+    missing = [t for t in dict.fromkeys(tokens) if t not in known]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(dict.fromkeys(tokens)))]
 
 
 def load_model(

@@ -32,7 +32,13 @@ def load_for_run(
 
     from tunekit.config import clamp_max_length
     from tunekit.formats import as_strategy
-    from tunekit.models.loading import ModelSource, load_configured_tokenizer, load_model, resolve_source
+    from tunekit.models.loading import (
+        ModelSource,
+        add_new_tokens,
+        load_configured_tokenizer,
+        load_model,
+        resolve_source,
+    )
     from tunekit.training.distributed import is_sharding_launch, process_device
 
     device = None if is_sharding_launch() else process_device()
@@ -46,10 +52,16 @@ def load_for_run(
         trust_remote_code=config.trust_remote_code, revision=revision, device=device,
     )
     config = clamp_max_length(config, model)  # a max_length past the model's positions
+    new_tokens = add_new_tokens(tokenizer, config.data.add_tokens)  # ids (added already by the tokenizer's loading)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        # New rows start at the mean of the old ones (transformers' mean_resizing), not at random.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     checkpointing = config.training.gradient_checkpointing
     model = quantizer.prepare_for_training(model, gradient_checkpointing=checkpointing)
     set_seed(config.training.seed)
     part = as_strategy(strategy, quantized=quantizer.quantizes_base)
+    if new_tokens:
+        train_new_tokens(part, new_tokens)
     model = part.load(model, saved) if saved is not None else part.prepare(model)
     if checkpointing and hasattr(model, "enable_input_require_grads"):
         # With a frozen embedding layer, checkpointed blocks get inputs that do not require
@@ -61,3 +73,23 @@ def load_for_run(
         model = model.to(device)
     model.eval()
     return model, tokenizer, config
+
+
+def train_new_tokens(part: Any, token_ids: list[int]) -> None:
+    """Tell the strategy which embedding rows are new (``data.add_tokens``), so it trains them.
+
+    A strategy that trains the embeddings anyway (``full``) needs nothing; one that freezes them says
+    how it trains new rows with ``train_new_tokens(ids)`` (LoRA: peft's trainable token indices). Without
+    it, the new tokens keep their initial embedding (the mean of the old ones): said once, not silently.
+    """
+    import logging
+
+    method = getattr(part, "train_new_tokens", None)
+    if method is not None:
+        method(token_ids)
+    elif getattr(part, "uses_adapters", False) or getattr(part, "name", "") == "head":
+        logging.getLogger(__name__).warning(
+            "tunekit: strategy %r does not train the embeddings, so the %d new tokens of data.add_tokens keep "
+            "their initial embedding (the mean of the others); use 'lora' or 'full' to train them.",
+            getattr(part, "name", "?"), len(token_ids),
+        )

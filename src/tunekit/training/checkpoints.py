@@ -124,9 +124,10 @@ def publish(staged: Path, final: Path) -> None:
     staged.rename(final)
 
 
-def rotate(output_dir: str | Path, keep: int | None) -> None:
-    """Delete all but the ``keep`` newest checkpoints."""
+def rotate(output_dir: str | Path, keep: int | None, *, keep_also: str | Path | None = None) -> None:
+    """Delete all but the ``keep`` newest checkpoints, and never ``keep_also`` (the best one, for early stopping)."""
     if not keep:
         return
     for old in checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if keep_also is None or Path(old).resolve() != Path(keep_also).resolve():
+            shutil.rmtree(old, ignore_errors=True)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunekit.config import OPTIMIZERS
 from tunekit.data.collate import PadPerBatch
+from tunekit.errors import ConfigError, Problem
 from tunekit.results import EvalPoint, LogPoint
 from tunekit.training.memory import PeakMemory
 
@@ -33,6 +36,11 @@ class TrainOutcome:
     wall_time_s: float = 0.0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    final_eval: Any = None
+    """The final evaluation, when it ran at the end of training (so the trackers got its figures)."""
+    final_evaluated: bool = False
+    best_step: int | None = None
+    """With early stopping: the step of the best eval loss, whose checkpoint was restored."""
 
 
 def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: bool) -> list[Any]:
@@ -97,19 +105,29 @@ def train(
     fingerprint: dict[str, str] | None = None,
     collator: Any = None,
     loss: Any = None,
+    final_evaluation: Any = None,
+    parameters: tuple[int, int] = (0, 0),
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured.
 
     ``collator`` batches the rows: the objective's own (``tunekit.data.collate.collator_for(objective, tokenizer)``);
-    without one, rows are padded per batch.
+    without one, rows are padded per batch. ``final_evaluation`` (a callable returning an ``EvalResult``) runs
+    when training ends, after early stopping restored the best checkpoint and before the trackers close, so
+    they get its figures too; ``parameters`` (trainable, total) are logged with them.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from tunekit.training.distributed import is_distributed_launch
+    from tunekit.training.tracking import FinalFigures, check_optimizer, tracker_callbacks
     from tunekit.training.trainer import InterruptCallback, TrainingInterrupted, TunekitTrainer
 
     o = options
+    check_optimizer(o.optimizer, precision.device)
+    if o.early_stopping is not None and eval_rows is None:
+        raise ConfigError([Problem("training.early_stopping", "needs eval data: pass eval= to fit(), set data.eval, or set data.eval_fraction")])
+    # Early stopping restores the best evaluation's checkpoint: one is written at every evaluation unless told otherwise.
+    save_steps = o.save_steps or (o.eval_steps if o.early_stopping is not None else None)
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=o.batch_size,
@@ -131,9 +149,15 @@ def train(
         logging_first_step=True,
         eval_strategy="steps" if (o.eval_steps and eval_rows is not None) else "no",
         eval_steps=o.eval_steps,
-        save_strategy="steps" if o.save_steps else "no",
-        save_steps=o.save_steps or 500,
-        report_to="none",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        report_to="none",  # the trackers' callbacks are built by tunekit (see tunekit.training.tracking)
+        run_name=o.run_name or Path(output_dir).name,
+        optim=OPTIMIZERS[o.optimizer],
+        neftune_noise_alpha=o.neftune_alpha,
+        load_best_model_at_end=o.early_stopping is not None,
+        metric_for_best_model="eval_loss" if o.early_stopping is not None else None,
+        greater_is_better=False if o.early_stopping is not None else None,
         remove_unused_columns=False,
         disable_tqdm=True,
         activation_checkpointing=o.gradient_checkpointing,
@@ -156,6 +180,14 @@ def train(
         data_collator=collator if collator is not None else PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
         callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
     )
+    from transformers import EarlyStoppingCallback
+
+    if o.early_stopping is not None:
+        trainer.add_callback(EarlyStoppingCallback(o.early_stopping.patience, o.early_stopping.min_delta))
+    trackers = tracker_callbacks(o.report_to, Path(output_dir))
+    # Before the trackers in the callback list: its on_train_end logs through them while they are still open.
+    figures = FinalFigures(trainer, final_evaluation, parameters, outcome, interrupt)
+    trainer.callback_handler.callbacks[:0] = [figures, *trackers]
     trainer.keep_checkpoints = o.keep_checkpoints
     trainer.run_fingerprint = fingerprint
     trainer.objective_loss = loss  # the objective's own loss (Objective.loss), or None for tunekit's
@@ -195,6 +227,7 @@ def train(
     outcome.wall_time_s = time.perf_counter() - start
     outcome.peak_memory_bytes, outcome.peak_memory_kind = peak.peak_bytes, peak.kind
     outcome.steps = int(trainer.state.global_step)
+    outcome.best_step = trainer.state.best_global_step if o.early_stopping is not None else None
     outcome.mean_loss = float(output.training_loss)
     outcome.tokens_seen = int(trainer.state.num_input_tokens_seen)
     outcome.world_size = int(args.world_size)

@@ -16,6 +16,7 @@ never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -107,23 +108,30 @@ def train_run(
     if trainable == 0:
         raise TunekitError(f"strategy {plan.strategy_name!r} left no parameter trainable.")
     hooks.on_fit_start()
+    from tunekit.training.tracking import TENSORBOARD_DIR
+
+    # Recorded as tunekit's before the tracker writes into it, so a crash mid-run still leaves it ours.
+    tensorboard = run.writing(TENSORBOARD_DIR) if "tensorboard" in plan.config.training.report_to else contextlib.nullcontext()
     try:
-        outcome = train(
-            plan.model,
-            plan.tokenizer,
-            plan.data.train,
-            plan.data.eval,
-            options=plan.config.training,
-            learning_rate=plan.learning_rate,
-            precision=plan.precision,
-            output_dir=str(run.work),
-            on_log=hooks.on_log,
-            on_evaluate=hooks.on_evaluate,
-            resume_from=str(start.checkpoint) if start.checkpoint else None,
-            fingerprint=start.fingerprint,
-            collator=plan.collator,
-            loss=plan.loss,
-        )
+        with tensorboard:
+            outcome = train(
+                plan.model,
+                plan.tokenizer,
+                plan.data.train,
+                plan.data.eval,
+                options=plan.config.training,
+                learning_rate=plan.learning_rate,
+                precision=plan.precision,
+                output_dir=str(run.work),
+                on_log=hooks.on_log,
+                on_evaluate=hooks.on_evaluate,
+                resume_from=str(start.checkpoint) if start.checkpoint else None,
+                fingerprint=start.fingerprint,
+                collator=plan.collator,
+                loss=plan.loss,
+                final_evaluation=evaluate,
+                parameters=(trainable, total),
+            )
     except TrainingInterrupted as exc:
         if not run.staged:
             raise
@@ -131,13 +139,14 @@ def train_run(
             f"training was interrupted; the run in {str(run.path)!r} that this one was to replace is "
             "unchanged, and the new run was discarded."
         ) from exc
-    final = evaluate()
+    final = outcome.final_eval if outcome.final_evaluated else evaluate()
     return FitResult(
         strategy=plan.strategy_name,
         objective=plan.data.objective_name,
         trainable_params=trainable,
         total_params=total,
         steps=outcome.steps,
+        best_step=outcome.best_step,
         train_loss=outcome.loss_history[-1].loss if outcome.loss_history else outcome.mean_loss,
         mean_train_loss=outcome.mean_loss,
         eval_loss=final.loss if final else None,

@@ -7,7 +7,8 @@
 3. Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and stops cleanly.
 4. The training loss projects only the trained positions onto the vocabulary
    (see :mod:`tunekit.training.loss`); the stock loss computes every position's logits.
-5. Evaluation during training reports the token-weighted mean over trained tokens, computed by
+5. With early stopping, the best checkpoint is never rotated away, and is named by its published path.
+6. Evaluation during training reports the token-weighted mean over trained tokens, computed by
    :func:`tunekit.evaluation.evaluate_loss` exactly as ``Tuner.evaluate`` and fit's final
    evaluation compute it; the stock loop averages per-batch means, another quantity.
 """
@@ -163,10 +164,24 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
             raise error from exc
         finally:
             self.args.output_dir = real
+        if self.args.should_save and self.state.best_global_step:
+            self._point_best_at(Path(real), Path(staging) / name)
         # Every rank writes its own RNG state into the staged checkpoint: all must be done before it moves.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:  # the main process only
             publish(Path(staging) / name, Path(real) / name)
             with contextlib.suppress(OSError):
                 os.rmdir(staging)  # empty again: leave no staging area behind a finished checkpoint
-            rotate(real, self.keep_checkpoints)
+            rotate(real, self.keep_checkpoints, keep_also=self.state.best_model_checkpoint)
+
+    def _point_best_at(self, real: Path, staged: Path) -> None:
+        """The best checkpoint (early stopping) named by where it lives once published, not the staging path.
+
+        The Trainer finds it under ``output_dir``, which was the staging area while it saved; an older best
+        lives in the run directory already. The staged trainer state is written again with the real path so a
+        resumed run keeps its best checkpoint.
+        """
+        best = f"checkpoint-{self.state.best_global_step}"
+        if staged.name == best or (real / best).is_dir():
+            self.state.best_model_checkpoint = str(real / best)
+            self.state.save_to_json(str(staged / "trainer_state.json"))
