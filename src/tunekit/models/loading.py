@@ -279,7 +279,8 @@ def add_new_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> lis
     missing = [t for t in dict.fromkeys(tokens) if t not in known]
     if missing:
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(dict.fromkeys(tokens)))]
+    vocab = tokenizer.get_vocab()
+    return [int(vocab[t]) for t in dict.fromkeys(tokens)]
 
 
 def load_model(
