@@ -29,7 +29,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from tunekit.run_directory import CLI_FLAGS
 
     result = tuner.fit(
-        args.data, args.eval, overwrite=args.overwrite, resume=args.resume, accept_changes=args.accept_changes, flags=CLI_FLAGS
+        args.data, args.eval, overwrite=args.overwrite, resume=args.resume, accept_changes=args.accept_changes,
+        ignore_preflight_errors=args.ignore_preflight_errors, flags=CLI_FLAGS
     )
     if is_main_process():
         print(result.summary())
@@ -306,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--accept-changes", action="store_true",
         help="with --resume: continue even though the config or data differ from the checkpoint's",
+    )
+    fit.add_argument(
+        "--ignore-preflight-errors", action="store_true",
+        help="train even though the pre-flight checks found errors in the data (EOS never trained, ...)",
     )
     fit.add_argument(
         "--nproc", type=int, default=1,

@@ -214,7 +214,7 @@ class Tuner:
         eval = eval if eval is not None else self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
         with self._claim_run(overwrite, resume, flags) as run:
-            plan = self._plan(self._prepare(train, eval), ignore_preflight_errors)
+            plan = self._plan(self._prepare(train, eval), ignore_preflight_errors, flags)
             accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
             start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
             if start.finished:
@@ -227,12 +227,12 @@ class Tuner:
         get_plugins().manager.hook.on_fit_end(tuner=self, result=result)
         return result
 
-    def _plan(self, data: PreparedData, ignore_preflight_errors: bool) -> FitPlan:
+    def _plan(self, data: PreparedData, ignore_preflight_errors: bool, flags: tuple[str, str] = PYTHON_FLAGS) -> FitPlan:
         """What this fit trains, once the data passed the pre-flight checks."""
         from tunekit.data.collate import collator_for
         from tunekit.training.recipe import FitPlan
 
-        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors)
+        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, flags)
         if len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
         return FitPlan(
@@ -399,8 +399,11 @@ class Tuner:
             trains_tied_weights=as_strategy(self.strategy).trains_tied_weights, tokenization=self._tokenization,
         )
 
-    def _check_before_fit(self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool) -> None:
+    def _check_before_fit(
+        self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool, flags: tuple[str, str] = PYTHON_FLAGS
+    ) -> None:
         from tunekit import preflight as pf
+        from tunekit.run_directory import CLI_FLAGS
 
         sample = train_rows.select(range(min(len(train_rows), 200)))
         findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
@@ -412,7 +415,9 @@ class Tuner:
             raise pf.PreflightError(
                 "pre-flight checks found problems that would waste this run:\n"
                 + "\n".join(f"  [{f.code}] {f.message}" for f in errors)
-                + "\nFix them, or pass fit(..., ignore_preflight_errors=True) to train anyway."
+                + "\nFix them, or "
+                + ("pass --ignore-preflight-errors" if flags == CLI_FLAGS else "pass fit(..., ignore_preflight_errors=True)")
+                + " to train anyway."
             )
 
     def merge(self) -> torch.nn.Module:
