@@ -166,7 +166,7 @@ class Tuner:
         from tunekit.data.preparation import load_data, tokenize_data
 
         tokenizer = self.tokenizer  # first: loading the model clamps config.training.max_length to its positions
-        rows = load_data(self.config, train, eval, split_eval=split_eval)
+        rows = load_data(self.config, train, eval, split_eval=split_eval, tokenizer=tokenizer)
         return tokenize_data(self.config, rows, tokenizer, self._tokenization)
 
     # -- the verbs ------------------------------------------------------------------------------
@@ -232,8 +232,10 @@ class Tuner:
         from tunekit.data.collate import collator_for
         from tunekit.training.recipe import FitPlan
 
-        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors)
-        if len(data.train) == 0:
+        from tunekit.data.pipeline import is_stream
+
+        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, raw=data.rows.train)
+        if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
         return FitPlan(
             config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
@@ -395,15 +397,18 @@ class Tuner:
             raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
         model, tokenizer = self.model, self.tokenizer  # first: loading clamps max_length to the model's positions
         return audit(
-            self.config, model, tokenizer, load_data(self.config, data), estimate=estimate, sample_rows=sample_rows,
+            self.config, model, tokenizer, load_data(self.config, data, tokenizer=tokenizer), estimate=estimate, sample_rows=sample_rows,
             trains_tied_weights=as_strategy(self.strategy).trains_tied_weights, tokenization=self._tokenization,
         )
 
-    def _check_before_fit(self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool) -> None:
+    def _check_before_fit(self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool, raw: Any = None) -> None:
         from tunekit import preflight as pf
+        from tunekit.data.pipeline import head
 
-        sample = train_rows.select(range(min(len(train_rows), 200)))
+        sample = head(train_rows, 200)  # of a stream: its first rows, read (and tokenized) once more
         findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
+        if raw is not None:
+            findings += pf.boundary_findings(head(raw, 200), row_format)
         for finding in findings:
             if finding.severity == "warning":
                 log.warning("tunekit preflight: %s", finding.message)
