@@ -234,6 +234,10 @@ class Tuner:
 
         from tunekit.data.pipeline import is_stream
 
+        if is_stream(data.train) and self.config.training.max_steps is None:
+            raise ConfigError([Problem("training.max_steps", (
+                "the training data is a stream (an IterableDataset, or streaming: true), whose length is unknown, "
+                "so training.epochs cannot say when to stop; set training.max_steps"))])
         self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, raw=data.rows.train)
         if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")

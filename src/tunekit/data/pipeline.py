@@ -146,7 +146,21 @@ def wrap_as_chat(rows: Any) -> Any:
         return {"messages": as_chat(row["prompt"], row["completion"], row.get("system"))}
 
     columns = list(rows.column_names or [])
+    if is_stream(rows):  # declared features keep the stream's column names known to the objectives
+        return rows.map(one, remove_columns=columns, features=canonical_features("chat"))
     return rows.map(one, remove_columns=columns)
+
+
+def canonical_features(fmt: str, system: bool = False) -> Any:
+    """The ``datasets.Features`` of rows in a canonical format (a stream's map declares them)."""
+    from datasets import Features, List, Value
+
+    text = Value("string")
+    if fmt == "chat":
+        return Features({"messages": List({"role": text, "content": text})})
+    if fmt == "prompt_completion":
+        return Features({"prompt": text, "completion": text, **({"system": text} if system else {})})
+    return Features({"text": text})
 
 
 def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str) -> tuple[str, Any]:
@@ -178,8 +192,10 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
     def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
         return check_row(fmt, row, f"{where} row {index}")
 
-    rows = rows.map(checked, with_indices=True, remove_columns=keep)
-    return ("prompt_completion" if fmt == "instruction" else fmt), rows
+    canonical = "prompt_completion" if fmt == "instruction" else fmt
+    features = canonical_features(canonical, system="system" in keep)
+    rows = rows.map(checked, with_indices=True, remove_columns=keep, features=features)
+    return canonical, rows
 
 
 def choose_objective(spec_name: str | None, row_format: str) -> str:

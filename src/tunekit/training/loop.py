@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
     from tunekit.config import TrainingOptions
     from tunekit.training.precision import Precision
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,6 +114,13 @@ def train(
     from tunekit.training.trainer import InterruptCallback, TrainingInterrupted, TunekitTrainer
 
     o = options
+    from tunekit.data.pipeline import is_stream
+
+    group_by_length = o.group_by_length
+    if is_stream(train_rows) and group_by_length:
+        # Grouping sorts rows by length, which needs them all; a stream is read in its own order.
+        log.info("tunekit: training.group_by_length does not apply to a stream; its rows are batched in the order read.")
+        group_by_length = False
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=o.batch_size,
@@ -138,7 +149,7 @@ def train(
         disable_tqdm=True,
         activation_checkpointing=o.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
-        train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         length_column_name="length",
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=precision.device == "cuda",
