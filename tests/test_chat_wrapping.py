@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import quick
 from datasets import Dataset
 
-from tunekit import ConfigError, Tuner, TuneConfig
+from conftest import quick
+from tunekit import ConfigError, TuneConfig, Tuner
 from tunekit.builtin.objectives import SFTObjective, SFTOptions
 from tunekit.config import DataOptions
 from tunekit.data.chat import render_chat, resolved_chat_mode, wraps_prompts
@@ -108,4 +108,4 @@ def test_tuner_auto_on_an_instruct_model_records_always(tiny_llama, tiny_gpt2, t
     assert report.row_format == "prompt_completion" and plain.config.data.chat_template == "never"
     assert "prompt-glued-to-answer" in [f.code for f in report.findings]
     with pytest.raises(ConfigError, match="always"):
-        Tuner(model=str(tiny_gpt2), strategy="full", data={"chat_template": "always"}).tokenizer
+        Tuner(model=str(tiny_gpt2), strategy="full", data={"chat_template": "always"}).generate("hi")

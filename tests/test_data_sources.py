@@ -6,10 +6,10 @@ import json
 import socket
 
 import pytest
-from conftest import quick
 from datasets import Dataset, DatasetDict
 
-from tunekit import ConfigError, DataError, Tuner, TuneConfig
+from conftest import quick
+from tunekit import ConfigError, DataError, TuneConfig, Tuner
 from tunekit.config import DataOptions
 from tunekit.data.pipeline import is_stream, prepare_rows
 from tunekit.testing import sft_rows

@@ -230,9 +230,8 @@ class Tuner:
     def _plan(self, data: PreparedData, ignore_preflight_errors: bool) -> FitPlan:
         """What this fit trains, once the data passed the pre-flight checks."""
         from tunekit.data.collate import collator_for
-        from tunekit.training.recipe import FitPlan
-
         from tunekit.data.pipeline import is_stream
+        from tunekit.training.recipe import FitPlan
 
         if is_stream(data.train) and self.config.training.max_steps is None:
             raise ConfigError([Problem("training.max_steps", (

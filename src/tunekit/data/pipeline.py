@@ -86,7 +86,7 @@ def load_rows(source: Any, options: DataOptions, *, where: str) -> LoadedData:
             f"the dataset adapter {name!r} did not turn the {where} data (a {type(source).__name__}) into "
             "a datasets.Dataset; give it data it reads, or leave data.adapter unset to pick one that fits."
         )
-    if not is_stream(train) and len(train) == 0:
+    if not is_stream(train) and len(train) == 0:  # type: ignore[arg-type]
         raise DataError(f"the {where} data is empty: give at least one row.")
     return loaded  # type: ignore[no-any-return]
 
