@@ -85,18 +85,59 @@ class PartSpec(BaseModel):
         return {"name": self.name, **self.options}
 
 
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+"""``data.chat_template`` keywords; any other value is a Jinja template."""
+
+
+def is_template_text(value: str | None) -> bool:
+    """Whether ``data.chat_template`` holds a Jinja template (not None, not a mode keyword)."""
+    return bool(value) and value not in CHAT_TEMPLATE_MODES
+
+
+class DatasetSource(BaseModel):
+    """A dataset loaded with ``datasets.load_dataset``: from the Hugging Face hub (``org/name``),
+    a loader with local files (``path: json, data_files: ...``), or a local folder of data files."""
+
+    model_config = _STRICT
+
+    path: str = Field(
+        min_length=1,
+        description="What datasets.load_dataset is given: a hub id (org/name), a builder with data_files "
+        "(json, csv, parquet, text), or a local folder of data files.",
+    )
+    split: str = Field(
+        default="train",
+        description="The split to read, with datasets' slicing: 'train', 'train[:90%]', 'test[:200]'.",
+    )
+    name: str | None = Field(default=None, description="The dataset's configuration name, if it has several.")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        default=None, description="Files (or glob patterns) for a builder such as json or csv."
+    )
+    revision: str | None = Field(default=None, description="A git revision (branch, tag, commit) of a hub dataset.")
+    streaming: bool = Field(
+        default=False,
+        description="Read rows lazily as training consumes them (an IterableDataset): for data too large "
+        "to download first. Needs training.max_steps.",
+    )
+
+    def describe(self) -> str:
+        parts = [self.path] + [f"{k}={v}" for k, v in (("name", self.name), ("split", self.split), ("revision", self.revision)) if v]
+        return " ".join(parts) + (" (streaming)" if self.streaming else "")
+
+
 class DataOptions(BaseModel):
     """How user data is read and split."""
 
     model_config = _STRICT
 
-    train: str | None = Field(
+    train: str | DatasetSource | None = Field(
         default=None,
-        description="Path to the training data file (.jsonl/.json/.csv/.parquet/.txt), used when "
-        "fit() is given no data (and by `tunekit fit`).",
+        description="The training data, used when fit() is given none (and by `tunekit fit`): a data "
+        "file (.jsonl/.json/.csv/.parquet/.txt), a folder written by datasets' save_to_disk, or a "
+        "mapping {path, split, name, data_files, revision, streaming} for datasets.load_dataset.",
     )
-    eval: str | None = Field(
-        default=None, description="Path to an evaluation data file, used when fit() is given none."
+    eval: str | DatasetSource | None = Field(
+        default=None, description="Evaluation data, in the same forms as data.train, used when fit() is given none."
     )
     adapter: PartSpec | None = Field(
         default=None,
@@ -121,11 +162,27 @@ class DataOptions(BaseModel):
         "for them and, under LoRA, just their rows of the input embedding are trained as well "
         "(peft's trainable_token_indices). Saved with the tokenizer and restored on load.",
     )
-    chat_template: str | None = Field(
-        default=None,
-        description="A Jinja chat template for chat rows, replacing the tokenizer's own; it is "
-        "saved with the tokenizer so training and inference use the same one.",
+    chat_template: str = Field(
+        default="auto",
+        min_length=1,
+        description="How rows meet the chat template. 'auto': when the tokenizer has a chat template (an "
+        "instruct model), prompt/completion rows are rendered as a user turn and an assistant turn, as at "
+        "inference; 'always': the same, an error without a template; 'never': prompt and completion are "
+        "concatenated as they are. Any other value is a Jinja template that replaces the tokenizer's own "
+        "(saved with it) and wraps prompt/completion rows as 'auto' does. Chat rows always use the template; "
+        "a run's saved config records 'always' or 'never', as resolved.",
     )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _mode_or_template(cls, value: str) -> str:
+        # A misspelt keyword ("Auto", "nevr") would otherwise become a template that renders itself.
+        if value not in CHAT_TEMPLATE_MODES and "{{" not in value and "{%" not in value:
+            raise ValueError(
+                f"{value[:40]!r} is neither one of {', '.join(CHAT_TEMPLATE_MODES)} nor a Jinja chat template "
+                "(one with {{ ... }} or {% ... %}); use 'auto' to follow the tokenizer."
+            )
+        return value
 
 
 OPTIMIZERS: dict[str, str] = {

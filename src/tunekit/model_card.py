@@ -30,7 +30,8 @@ class DataSummary:
 
     description: str
     row_format: str
-    train_rows: int
+    train_rows: int | None
+    """None for a stream: its length is unknown."""
     eval_rows: int
 
 
@@ -104,7 +105,8 @@ def model_card(
         f"| strategy | `{result.strategy}` ({options}) |",
         f"| quantizer | `{config.quantizer.name}` |",
         f"| objective | `{result.objective}` |",
-        f"| data | {data.description}: {data.train_rows} training rows ({data.row_format}), {data.eval_rows} eval rows |",
+        f"| data | {data.description}: {'streamed' if data.train_rows is None else data.train_rows} training rows "
+        f"({data.row_format}), {data.eval_rows} eval rows |",
         f"| trainable parameters | {result.trainable_params:,} of {result.total_params:,} ({result.trainable_percent:.2f}%) |",
         f"| steps | {result.steps} x {rows_per_step} rows = {result.steps * rows_per_step:,} rows seen (batch size {t.batch_size} x {t.gradient_accumulation} accumulation, "
         f"learning rate {lr if lr is not None else 'the strategy default'}, {t.scheduler} schedule) |",

@@ -249,6 +249,28 @@ def template_findings(tokenizer: PreTrainedTokenizerBase, row_format: str) -> li
     return []
 
 
+def boundary_findings(rows: Dataset, row_format: str) -> list[Finding]:
+    """A warning when prompt/completion rows run straight into their answer (``"2+2="`` then ``"4"``):
+    concatenated with nothing between, the model cannot tell where a prompt ends, and at inference
+    it is prompted with text that never ended there in training. Chat rows have the template's turn
+    boundary; wrapped prompt/completion rows are chat rows by now."""
+    if row_format != "prompt_completion" or "prompt" not in rows.column_names:
+        return []
+    glued = [
+        i for i, (prompt, completion) in enumerate(zip(rows["prompt"], rows["completion"], strict=True))
+        if prompt and completion and not prompt[-1].isspace() and not completion[0].isspace()
+    ]
+    if not glued:
+        return []
+    first = rows[glued[0]]
+    return [Finding(severity="warning", code="prompt-glued-to-answer", message=(
+        f"{len(glued)} of {len(rows)} prompt/completion rows run straight into their answer with no space, newline "
+        f"or turn boundary between them (row {glued[0]}: ...{first['prompt'][-30:]!r} + {first['completion'][:30]!r}...). "
+        "End each prompt with a separator (a newline, or 'Answer:' and a space) or start each completion with a "
+        "space; or train an instruct model with its chat template (data.chat_template='auto' or 'always', or a "
+        "template string), which renders each row as a user turn and an assistant turn."))]
+
+
 _BLOCK_RE = re.compile(r"\.(\d+)\.")
 
 
@@ -371,6 +393,7 @@ def audit(
     report.label_samples = [marked_text(tokenizer, full[i]["input_ids"], full[i]["labels"]) for i in range(min(3, len(full)))]
     report.findings += label_findings(name, full, tokenizer)
     report.findings += template_findings(tokenizer, rows.format)
+    report.findings += boundary_findings(train, rows.format)
     if stats.rows_without_trained_tokens:
         severity: Literal["error", "warning"] = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
         report.findings.append(Finding(severity=severity, code="rows-without-trained-tokens", message=(

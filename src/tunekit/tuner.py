@@ -166,7 +166,7 @@ class Tuner:
         from tunekit.data.preparation import load_data, tokenize_data
 
         tokenizer = self.tokenizer  # first: loading the model clamps config.training.max_length to its positions
-        rows = load_data(self.config, train, eval, split_eval=split_eval)
+        rows = load_data(self.config, train, eval, split_eval=split_eval, tokenizer=tokenizer)
         return tokenize_data(self.config, rows, tokenizer, self._tokenization)
 
     # -- the verbs ------------------------------------------------------------------------------
@@ -230,10 +230,15 @@ class Tuner:
     def _plan(self, data: PreparedData, ignore_preflight_errors: bool, flags: tuple[str, str] = PYTHON_FLAGS) -> FitPlan:
         """What this fit trains, once the data passed the pre-flight checks."""
         from tunekit.data.collate import collator_for
+        from tunekit.data.pipeline import is_stream
         from tunekit.training.recipe import FitPlan
 
-        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, flags)
-        if len(data.train) == 0:
+        if is_stream(data.train) and self.config.training.max_steps is None:
+            raise ConfigError([Problem("training.max_steps", (
+                "the training data is a stream (an IterableDataset, or streaming: true), whose length is unknown, "
+                "so training.epochs cannot say when to stop; set training.max_steps"))])
+        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, flags, raw=data.rows.train)
+        if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
         return FitPlan(
             config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
@@ -395,18 +400,22 @@ class Tuner:
             raise ConfigError([Problem("data.train", "no data to audit: pass it to preflight(), or set data.train")])
         model, tokenizer = self.model, self.tokenizer  # first: loading clamps max_length to the model's positions
         return audit(
-            self.config, model, tokenizer, load_data(self.config, data), estimate=estimate, sample_rows=sample_rows,
+            self.config, model, tokenizer, load_data(self.config, data, tokenizer=tokenizer), estimate=estimate, sample_rows=sample_rows,
             trains_tied_weights=as_strategy(self.strategy).trains_tied_weights, tokenization=self._tokenization,
         )
 
     def _check_before_fit(
-        self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool, flags: tuple[str, str] = PYTHON_FLAGS
+        self, objective: str, row_format: str, train_rows: Any, ignore_errors: bool, flags: tuple[str, str] = PYTHON_FLAGS,
+        raw: Any = None,
     ) -> None:
         from tunekit import preflight as pf
+        from tunekit.data.pipeline import head
         from tunekit.run_directory import CLI_FLAGS
 
-        sample = train_rows.select(range(min(len(train_rows), 200)))
+        sample = head(train_rows, 200)  # of a stream: its first rows, read (and tokenized) once more
         findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
+        if raw is not None:
+            findings += pf.boundary_findings(head(raw, 200), row_format)
         for finding in findings:
             if finding.severity == "warning":
                 log.warning("tunekit preflight: %s", finding.message)

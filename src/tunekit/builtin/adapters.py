@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -77,17 +79,104 @@ class HFDatasetAdapter:
         return type(source).__module__.startswith("datasets") and hasattr(source, "column_names")
 
     def load(self, source: Any) -> LoadedData:
-        from datasets import DatasetDict
+        from datasets import DatasetDict, IterableDatasetDict
 
-        if isinstance(source, DatasetDict):
+        if isinstance(source, (DatasetDict, IterableDatasetDict)):
             if "train" not in source:
                 raise DataError(
                     f"the DatasetDict has splits {list(source)} but no 'train' split; pass the "
                     "split to train on directly, e.g. fit(ds['my_split'])."
                 )
             eval_split = next((source[n] for n in EVAL_SPLIT_NAMES if n in source), None)
-            return LoadedData(source["train"], eval_split, f"DatasetDict splits {list(source)}")
-        return LoadedData(source, None, "datasets.Dataset")
+            return LoadedData(source["train"], eval_split, f"{type(source).__name__} splits {list(source)}")
+        return LoadedData(source, None, f"datasets.{type(source).__name__}")
+
+
+def _offline() -> bool:
+    """Whether the hub is off: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, read now (datasets reads them at import)."""
+    import datasets.config
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
+    return bool(datasets.config.HF_HUB_OFFLINE) or any(f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """datasets and huggingface_hub in offline mode for one call (a cached dataset still loads; an
+    uncached one fails at once instead of retrying a hub that cannot be reached)."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    before = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
+
+
+class HubAdapter:
+    """A mapping ``{path, split, name, data_files, revision, streaming}`` read with ``datasets.load_dataset``:
+    a hub dataset (``org/name``), a builder with files (``path: json, data_files: ...``) or a folder of data files."""
+
+    name: ClassVar[str] = "load-dataset"
+    description: ClassVar[str] = "A mapping {path: org/name or a local folder, split, name, data_files, revision, streaming} for datasets.load_dataset."
+    Options: ClassVar[type[NoOptions]] = NoOptions
+
+    def __init__(self, options: NoOptions):
+        self.options = options
+
+    def can_load(self, source: Any) -> bool:
+        from tunekit.config import DatasetSource
+
+        return isinstance(source, DatasetSource) or (isinstance(source, Mapping) and "path" in source)
+
+    def load(self, source: Any) -> LoadedData:
+        from datasets import load_dataset
+        from pydantic import ValidationError
+
+        from tunekit.config import DatasetSource
+
+        try:
+            spec = DatasetSource.model_validate(source)
+        except ValidationError as exc:
+            issues = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'source'}: {e['msg']}" for e in exc.errors())
+            raise DataError(
+                f"the dataset mapping is not valid ({issues}). It takes path, split, name, data_files, revision "
+                "and streaming, e.g. {'path': 'org/name', 'split': 'train[:90%]'}."
+            ) from None
+        local = Path(spec.path).expanduser()
+        hub = spec.data_files is None and not local.exists() and spec.path not in _BUILDERS
+        offline = hub and _offline()
+        kwargs: dict[str, Any] = {"split": spec.split, "streaming": spec.streaming}
+        for key in ("name", "data_files", "revision"):
+            if getattr(spec, key) is not None:
+                kwargs[key] = getattr(spec, key)
+        try:
+            with _hub_offline(offline):
+                ds = load_dataset(str(local) if local.exists() else spec.path, **kwargs)
+        except Exception as exc:
+            raise DataError(_load_failure(spec, hub, offline, exc)) from exc
+        return LoadedData(ds, None, spec.describe())
+
+
+_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder", "webdataset", "sql")
+
+
+def _load_failure(spec: Any, hub: bool, offline: bool, exc: Exception) -> str:
+    why = f"{type(exc).__name__}: {str(exc)[:300]}"
+    if hub and (offline or isinstance(exc, (ConnectionError, OSError)) or "DatasetNotFound" in type(exc).__name__):
+        where = "the hub is off (HF_HUB_OFFLINE)" if offline else "the hub could not be reached, or has no such dataset"
+        return (
+            f"could not load the dataset {spec.path!r} ({where}; {why}). Check the id (org/name) and the network, or "
+            "use local data: a folder written by Dataset.save_to_disk given as a path, a data file, or "
+            "{'path': 'json', 'data_files': 'rows.jsonl'} (or {'path': 'a/local/folder'}) for load_dataset. "
+            "Set HF_HUB_OFFLINE=1 to fail at once instead of retrying an unreachable hub."
+        )
+    return f"could not load the dataset {spec.describe()!r} with datasets.load_dataset ({why}); check path, split, name and data_files."
 
 
 class PandasAdapter:
@@ -138,6 +227,8 @@ class FilesAdapter:
 
     def load(self, source: Any) -> LoadedData:
         path = Path(source).expanduser()
+        if path.is_dir():
+            return _saved_dataset(path)
         loader = _FILE_LOADERS.get(path.suffix.lower())
         if loader is None:
             raise DataError(
@@ -167,6 +258,25 @@ class FilesAdapter:
         return LoadedData(ds, None, str(path))
 
 
+def _saved_dataset(path: Path) -> LoadedData:
+    """A folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, via ``load_from_disk``
+    (a DatasetDict's train and validation splits become train and eval, as in memory)."""
+    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        raise DataError(
+            f"{str(path)!r} is a folder but not one written by datasets' save_to_disk (no state.json or "
+            f"dataset_dict.json). For a folder of data files give {{'path': {str(path)!r}}} (read with "
+            "datasets.load_dataset), or give one data file."
+        )
+    from datasets import load_from_disk
+
+    try:
+        saved = load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(f"could not read the saved dataset {str(path)!r} ({type(exc).__name__}: {str(exc)[:200]}).") from exc
+    loaded = HFDatasetAdapter(NoOptions()).load(saved)
+    return LoadedData(loaded.train, loaded.eval, f"{loaded.description} from {path}")
+
+
 def _check_utf8(path: Path, loader: str) -> None:
     if loader == "parquet":
         return
@@ -183,6 +293,7 @@ def _check_utf8(path: Path, loader: str) -> None:
 
 @hookimpl
 def register_dataset_adapters(register: Register) -> None:
+    register(HubAdapter)  # before records: a {path: ...} mapping is a dataset to load, not columns
     register(RecordsAdapter)
     register(HFDatasetAdapter)
     register(PandasAdapter)

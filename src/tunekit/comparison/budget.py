@@ -55,8 +55,9 @@ def tokens_per_row(config: TuneConfig, train_path: str) -> float:
     from tunekit.models.loading import load_configured_tokenizer
 
     # The path fit takes (data.preparation), with the tokenizer set up as the Tuner sets it up.
-    rows = load_data(config, train_path, split_eval=False)
-    tokenized = tokenize_data(config, rows, load_configured_tokenizer(config)).train
+    tokenizer = load_configured_tokenizer(config)
+    rows = load_data(config, train_path, split_eval=False, tokenizer=tokenizer)
+    tokenized = tokenize_data(config, rows, tokenizer).train
     lengths = tokenized["length"] if "length" in tokenized.column_names else [len(ids) for ids in tokenized["input_ids"]]
     if not lengths:
         raise ConfigError([Problem("budget.tokens", "no training rows are left after tokenization")])

@@ -25,6 +25,40 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str
         raise DataError(f"the chat template failed on a row ({type(exc).__name__}: {exc}).") from None
 
 
+def wraps_prompts(mode: str, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether prompt/completion rows are rendered as chat turns under ``data.chat_template=mode``.
+
+    ``auto`` (and a template string, already set on the tokenizer): when the tokenizer has a chat
+    template, so an instruct model is trained the way it is prompted. ``always``: the same, and a
+    ``ConfigError`` without a template. ``never``: the texts are concatenated as they are.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "never":
+        return False
+    if mode == "always" and not has_template:
+        from tunekit.errors import ConfigError, Problem
+
+        raise ConfigError([Problem("data.chat_template", (
+            "'always' renders prompt/completion rows with the chat template, and this tokenizer has none. "
+            "Give a Jinja template as data.chat_template, or use 'auto'/'never' to train on the texts as they are."))])
+    return has_template
+
+
+def resolved_chat_mode(mode: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """``auto`` resolved for this tokenizer (``always`` or ``never``), as a run's saved config records
+    it, so a reloaded run prompts as it trained; ``always``, ``never`` and a template stay as given."""
+    if mode != "auto":
+        wraps_prompts(mode, tokenizer)  # "always" without a template fails here, at load time
+        return mode
+    return "always" if wraps_prompts(mode, tokenizer) else "never"
+
+
+def as_chat(prompt: str, completion: str, system: str | None = None) -> list[dict[str, str]]:
+    """A prompt/completion row as the conversation an instruct model is prompted with."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
 def render_generation_prompt(
     tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]
 ) -> tuple[str, bool]:

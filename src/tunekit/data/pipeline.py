@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
     from tunekit.config import DataOptions
     from tunekit.data.rows import LoadedData
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedRows:
@@ -21,6 +24,7 @@ class PreparedRows:
 
     format: str
     train: Dataset
+    """A ``datasets.Dataset``, or an ``IterableDataset`` for a stream."""
     eval: Dataset | None
     description: str
 
@@ -44,6 +48,20 @@ def _adapter(options: DataOptions, source: Any) -> Any:
     )
 
 
+def is_stream(rows: Any) -> bool:
+    """Whether ``rows`` is a ``datasets.IterableDataset`` (a stream: no length, read as it is consumed)."""
+    return type(rows).__name__ == "IterableDataset" and type(rows).__module__.startswith("datasets")
+
+
+def head(rows: Any, count: int) -> Dataset:
+    """The first ``count`` rows as a ``datasets.Dataset``, of a dataset or a stream (read that far only)."""
+    if not is_stream(rows):
+        return rows.select(range(min(len(rows), count)))
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows.take(count)))
+
+
 def load_rows(source: Any, options: DataOptions, *, where: str) -> LoadedData:
     """Load ``source`` with the configured (or first fitting) dataset adapter."""
     if source is None:
@@ -61,34 +79,123 @@ def load_rows(source: Any, options: DataOptions, *, where: str) -> LoadedData:
             f"({type(exc).__name__}: {str(exc)[:200]}). Give it data it reads, or leave data.adapter unset "
             "to pick an adapter that fits."
         ) from exc
-    if not hasattr(getattr(loaded, "train", None), "column_names"):
+    train = getattr(loaded, "train", None)
+    if not hasattr(train, "column_names"):
         name = getattr(adapter, "name", type(adapter).__name__)
         raise DataError(
             f"the dataset adapter {name!r} did not turn the {where} data (a {type(source).__name__}) into "
             "a datasets.Dataset; give it data it reads, or leave data.adapter unset to pick one that fits."
         )
-    if len(loaded.train) == 0:
+    if not is_stream(train) and len(train) == 0:  # type: ignore[arg-type]
         raise DataError(f"the {where} data is empty: give at least one row.")
     return loaded  # type: ignore[no-any-return]
 
 
-def prepare_rows(train: Any, eval: Any, options: DataOptions, *, seed: int) -> PreparedRows:
-    """Load, split and normalise the training (and eval) data; eval rows must share the train format."""
+def prepare_rows(train: Any, eval: Any, options: DataOptions, *, seed: int, wrap_prompts: bool = False) -> PreparedRows:
+    """Load, split and normalise the training (and eval) data; eval rows must share the train format.
+
+    ``wrap_prompts``: prompt/completion rows become chat rows (a user and an assistant turn, and the
+    row's ``system`` message), so they are rendered with the chat template as at inference.
+    A stream (``IterableDataset``) is normalised lazily; evaluation needs rows with a length.
+    """
     loaded = load_rows(train, options, where="training")
-    fmt, train_rows = normalise_rows(loaded.train, options.columns, where="training data")
+    fmt, train_rows = _normalise(loaded.train, options, "training data", wrap_prompts)
     eval_source = loaded.eval
     if eval is not None:
         eval_source = load_rows(eval, options, where="eval").train
     eval_rows = None
     if eval_source is not None:
-        eval_fmt, eval_rows = normalise_rows(eval_source, options.columns, where="eval data")
+        if is_stream(eval_source):
+            raise DataError(
+                "the eval data is a stream (an IterableDataset, or streaming: true): evaluation needs rows it can "
+                "count. Give eval rows as a Dataset or a non-streaming source, e.g. {path: ..., split: 'validation[:500]'}."
+            )
+        eval_fmt, eval_rows = _normalise(eval_source, options, "eval data", wrap_prompts)
         if eval_fmt != fmt:
             raise DataError(f"the eval rows are in the {eval_fmt!r} format but the training rows in {fmt!r}; use one format.")
     elif options.eval_fraction:
+        if is_stream(train_rows):
+            raise ConfigError([Problem("data.eval_fraction", (
+                "a stream has no length to hold a fraction of out; give eval data (data.eval or fit(eval=...)) instead"))])
         split_sizes(len(train_rows), options.eval_fraction)  # a DataError when a side would be empty
         split = train_rows.train_test_split(test_size=options.eval_fraction, seed=seed)
         train_rows, eval_rows = split["train"], split["test"]
     return PreparedRows(fmt, train_rows, eval_rows, loaded.description)
+
+
+def _normalise(rows: Any, options: DataOptions, where: str, wrap_prompts: bool) -> tuple[str, Any]:
+    if is_stream(rows):
+        fmt, rows = normalise_stream(rows, options.columns, where=where)
+    else:
+        fmt, rows = normalise_rows(rows, options.columns, where=where)
+    if fmt == "prompt_completion" and wrap_prompts:
+        return "chat", wrap_as_chat(rows)
+    if fmt == "prompt_completion" and "system" in (rows.column_names or []):
+        log.warning(
+            "%s has a 'system' column, which only a chat template can place; with data.chat_template='never' "
+            "it is not trained on.", where,
+        )
+    return fmt, rows
+
+
+def wrap_as_chat(rows: Any) -> Any:
+    """Prompt/completion rows as chat rows: ``{"messages": [system?, user, assistant]}``."""
+    from tunekit.data.chat import as_chat
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        return {"messages": as_chat(row["prompt"], row["completion"], row.get("system"))}
+
+    columns = list(rows.column_names or [])
+    if is_stream(rows):  # declared features keep the stream's column names known to the objectives
+        return rows.map(one, remove_columns=columns, features=canonical_features("chat"))
+    return rows.map(one, remove_columns=columns)
+
+
+def canonical_features(fmt: str, system: bool = False) -> Any:
+    """The ``datasets.Features`` of rows in a canonical format (a stream's map declares them)."""
+    from datasets import Features, List, Value
+
+    text = Value("string")
+    if fmt == "chat":
+        return Features({"messages": List({"role": text, "content": text})})
+    if fmt == "prompt_completion":
+        return Features({"prompt": text, "completion": text, **({"system": text} if system else {})})
+    return Features({"text": text})
+
+
+def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str) -> tuple[str, Any]:
+    """:func:`normalise_rows` for a stream: the format from its columns (the first row when the stream
+    does not declare them), each row checked as it is read."""
+    from tunekit.data.rows import check_renames, check_row, detect_format
+
+    names = rows.column_names
+    if names is None:
+        first = next(iter(rows.take(1)), None)
+        if first is None:
+            raise DataError(f"{where} is an empty stream: give at least one row.")
+        names = list(first)
+    if columns:
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"data.columns renames {missing}, but {where} has only the columns {names}.")
+        renames = check_renames(columns, names, where)
+        if renames:
+            rows = rows.rename_columns(renames)
+            names = [renames.get(n, n) for n in names]
+    fmt = detect_format(names)
+    keep = {
+        "chat": ["messages"], "prompt_completion": ["prompt", "completion"] + (["system"] if "system" in names else []),
+        "instruction": [n for n in ("instruction", "input", "output") if n in names], "text": ["text"],
+    }[fmt]
+    rows = rows.select_columns(keep)
+
+    def checked(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return check_row(fmt, row, f"{where} row {index}")
+
+    canonical = "prompt_completion" if fmt == "instruction" else fmt
+    features = canonical_features(canonical, system="system" in keep)
+    rows = rows.map(checked, with_indices=True, remove_columns=keep, features=features)
+    return canonical, rows
 
 
 def choose_objective(spec_name: str | None, row_format: str) -> str:

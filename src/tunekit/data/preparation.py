@@ -73,10 +73,19 @@ class TokenizationCache:
         return self._results[key]
 
 
-def load_data(config: TuneConfig, train: Any, eval: Any = None, *, split_eval: bool = True) -> PreparedRows:
-    """Load and normalise rows as the config says; ``split_eval=False`` ignores ``data.eval_fraction``."""
+def load_data(
+    config: TuneConfig, train: Any, eval: Any = None, *, split_eval: bool = True, tokenizer: PreTrainedTokenizerBase | None = None
+) -> PreparedRows:
+    """Load and normalise rows as the config says; ``split_eval=False`` ignores ``data.eval_fraction``.
+
+    With the run's ``tokenizer``, prompt/completion rows are wrapped as chat turns where
+    ``data.chat_template`` says so (see :func:`tunekit.data.chat.wraps_prompts`).
+    """
+    from tunekit.data.chat import wraps_prompts
+
     options = config.data if split_eval else config.data.model_copy(update={"eval_fraction": None})
-    return prepare_rows(train, eval, options, seed=config.training.seed)
+    wrap = tokenizer is not None and wraps_prompts(config.data.chat_template, tokenizer)
+    return prepare_rows(train, eval, options, seed=config.training.seed, wrap_prompts=wrap)
 
 
 def tokenize_data(

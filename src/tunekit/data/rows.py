@@ -97,11 +97,37 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         )
         return "prompt_completion", rows
     keep = ["prompt", "completion"] if fmt == "prompt_completion" else ["text"]
-    rows = rows.select_columns(keep)
+    system = fmt == "prompt_completion" and "system" in rows.column_names  # placed by a chat template
+    rows = rows.select_columns(keep + (["system"] if system else []))
     for i, row in enumerate(rows):
         for key in keep:
             _check_str(row[key], f"{where} row {i}, column {key!r}")
+        if system and row["system"] is not None:
+            _check_str(row["system"], f"{where} row {i}, column 'system'")
     return fmt, rows
+
+
+def check_row(fmt: str, row: dict[str, Any], where: str) -> dict[str, Any]:
+    """One row of a stream checked as :func:`normalise_rows` checks a dataset's, in its canonical
+    columns (an instruction row becomes prompt/completion)."""
+    if fmt == "chat":
+        _check_messages(row["messages"], where)
+        return {"messages": row["messages"]}
+    if fmt == "instruction":
+        for key in ("instruction", "output"):
+            _check_str(row[key], f"{where}, column {key!r}")
+        if row.get("input") is not None:
+            _check_str(row["input"], f"{where}, column 'input'")
+        return {"prompt": instruction_prompt(row["instruction"], row.get("input")), "completion": row["output"]}
+    keys = ["prompt", "completion"] if fmt == "prompt_completion" else ["text"]
+    for key in keys:
+        _check_str(row[key], f"{where}, column {key!r}")
+    out = {key: row[key] for key in keys}
+    if fmt == "prompt_completion" and "system" in row:
+        if row["system"] is not None:
+            _check_str(row["system"], f"{where}, column 'system'")
+        out["system"] = row["system"]
+    return out
 
 
 def check_renames(columns: Mapping[str, str], existing: list[str], where: str = "data") -> dict[str, str]:

@@ -262,7 +262,9 @@ def load_configured_tokenizer(
     if revision is None and source is None and base.kind == "hub":
         revision = config.revision
     tokenizer = load_tokenizer(base, trust_remote_code=config.trust_remote_code, revision=revision)
-    if config.data.chat_template:
+    from tunekit.config import is_template_text
+
+    if is_template_text(config.data.chat_template):
         tokenizer.chat_template = config.data.chat_template
     add_new_tokens(tokenizer, config.data.add_tokens)
     return tokenizer

@@ -45,6 +45,12 @@ def load_for_run(
     base = ModelSource("local", str(base_path)) if base_path else resolve_source(config.model)
     revision = config.revision if base.kind == "hub" else None
     tokenizer = load_configured_tokenizer(config, ModelSource("local", str(saved)) if saved else base, revision=revision)
+    # "auto" is recorded as what it resolved to, so a reloaded run wraps its prompts as it trained.
+    from tunekit.data.chat import resolved_chat_mode
+
+    mode = resolved_chat_mode(config.data.chat_template, tokenizer)
+    if mode != config.data.chat_template:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"chat_template": mode})})
     # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
     dtype = precision.compute_dtype if strategy.uses_adapters else torch.float32
     model: Any = load_model(

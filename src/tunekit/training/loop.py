@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
 
     from tunekit.config import TrainingOptions
     from tunekit.training.precision import Precision
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,6 +132,13 @@ def train(
         raise ConfigError([Problem("training.early_stopping", "needs eval data: pass eval= to fit(), set data.eval, or set data.eval_fraction")])
     # Early stopping restores the best evaluation's checkpoint: one is written at every evaluation unless told otherwise.
     save_steps = o.save_steps or (o.eval_steps if o.early_stopping is not None else None)
+    from tunekit.data.pipeline import is_stream
+
+    group_by_length = o.group_by_length
+    if is_stream(train_rows) and group_by_length:
+        # Grouping sorts rows by length, which needs them all; a stream is read in its own order.
+        log.info("tunekit: training.group_by_length does not apply to a stream; its rows are batched in the order read.")
+        group_by_length = False
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=o.batch_size,
@@ -162,7 +173,7 @@ def train(
         disable_tqdm=True,
         activation_checkpointing=o.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
-        train_sampling_strategy="group_by_length" if o.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         length_column_name="length",
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=precision.device == "cuda",

@@ -181,7 +181,10 @@ def record_run(run: Claim, plan: FitPlan, result: FitResult, start: StartPoint, 
     with run.writing(RUN_RESULT) as file:
         file.write_text(result.model_dump_json(indent=2))
     rows, data = plan.data.rows, plan.data
-    summary = DataSummary(rows.description, rows.format, len(data.train), len(data.eval) if data.eval is not None else 0)
+    from tunekit.data.pipeline import is_stream
+
+    train_rows = None if is_stream(data.train) else len(data.train)
+    summary = DataSummary(rows.description, rows.format, train_rows, len(data.eval) if data.eval is not None else 0)
     write_run_report(run.work, result, plan.config, summary, learning_rate=plan.learning_rate)
     run.record(MODEL_CARD, LOSS_PLOT)
     t = plan.config.training
