@@ -214,3 +214,19 @@ def test_chat_in_a_real_terminal(trained, loaded, tmp_path):
         assert rc_file.read_text().strip() == "0"
     finally:
         subprocess.run([tmux, "-L", socket, "kill-server"], capture_output=True)
+
+
+def test_fit_preflight_refusal_names_the_cli_switch(tiny_gpt2, tmp_path, capsys):
+    rows = [*sft_rows(6), {"prompt": "Reverse: red cat dog\nAnswer:", "completion": ""}]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_gpt2), "output_dir": str(tmp_path / "run"), "training": quick(max_steps=1),
+        "data": {"train": str(data)},
+    }))
+    assert main(["fit", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "rows-with-empty-answers" in err and "--ignore-preflight-errors" in err and "ignore_preflight_errors=True" not in err
+    assert main(["fit", str(config), "--ignore-preflight-errors"]) == 0
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 1

@@ -248,7 +248,12 @@ class TrainingOptions(BaseModel):
     seed: int = Field(
         default=42, ge=0, le=MAX_SEED, description="Seed for weights init, shuffling and dropout (0 to 2^32 - 1)."
     )
-    logging_steps: int = Field(default=10, ge=1, description="Log the loss every N steps.")
+    logging_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Log the loss every N steps; None: every step on runs of up to 100 steps, then about 50 "
+        "points over the run (steps // 50), so the progress bar and loss.png follow short runs step by step.",
+    )
     eval_steps: int | None = Field(
         default=None, ge=1, description="Evaluate every N steps (None: once at the end)."
     )

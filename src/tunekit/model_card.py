@@ -171,3 +171,33 @@ def _saved_as(saved_format: str | None, strategy: str) -> str:
     if saved_format:
         return f"the tuned weights, in the {strategy!r} strategy's own format ({saved_format!r})"
     return "the tuned model"
+
+
+def save_card(config: TuneConfig, strategy: str, saved_format: str, result: FitResult | None = None) -> str:
+    """The ``README.md`` of a save (``Tuner.save``, a run's ``model/``), in place of peft's empty template."""
+    lines = [
+        f"# {config.model}, tuned with {strategy}",
+        "",
+        f"Saved by tunekit: {_saved_as(saved_format, strategy)}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{config.model}` (as named in the config: a hub id, a tunekit alias or a path) |",
+        f"| strategy / quantizer | `{strategy}` / `{config.quantizer.name}` |",
+        f"| objective | `{config.objective.name if config.objective else 'chosen from the rows'}` |",
+    ]
+    if result is not None:
+        lines.append(f"| steps / trainable parameters | {result.steps} / {result.trainable_params:,} of {result.total_params:,} |")
+        lines += [f"| eval {k} | {_fmt(v)} |" for k, v in ({"loss": result.eval_loss, **result.eval_metrics}).items() if v is not None]
+    lines += ["", "## Load it", "", "With tunekit (resolves the base model again, aliases included):", "", "```python",
+              "from tunekit import Tuner", "", 'tuner = Tuner.load("path/to/this/folder")', "```", ""]
+    if saved_format == "adapter":
+        lines += ["With peft, on the base model loaded yourself (`base_model_name_or_path` in `adapter_config.json` "
+                  "names the base as the config did):", "", "```python",
+                  "from peft import PeftModel", "from transformers import AutoModelForCausalLM", "",
+                  "base = AutoModelForCausalLM.from_pretrained(...)  # the base model above",
+                  'model = PeftModel.from_pretrained(base, "path/to/this/folder")', "```", ""]
+    else:
+        lines += ["With transformers:", "", "```python", "from transformers import AutoModelForCausalLM", "",
+                  'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")', "```", ""]
+    return "\n".join(lines)

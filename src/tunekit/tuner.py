@@ -375,6 +375,7 @@ class Tuner:
 
                 meta = {"format": saved_format, "strategy": self.strategy.name, "base_model": self.config.model, "tunekit_version": __version__}
                 (work / SAVE_META).write_text(json.dumps(meta, indent=2))
+                self._make_portable(work, saved_format)
             except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or the Rust libraries' Exception
                 error = disk_error(exc, work)
                 if error is exc:
@@ -382,6 +383,19 @@ class Tuner:
                 raise error from exc
             target.record(*(p.name for p in work.iterdir() if p.name not in (MARKER, LOCK)))
             return target.publish()
+
+    def _make_portable(self, work: Path, saved_format: str) -> None:
+        """Name the base in ``adapter_config.json`` as the config does (a hub id or alias, not this machine's
+        cache path of a converted GGUF) and write a real model card over peft's empty template."""
+        from tunekit.model_card import MODEL_CARD, save_card
+
+        adapter_config = work / "adapter_config.json"
+        if adapter_config.is_file():
+            data = json.loads(adapter_config.read_text(encoding="utf-8"))
+            data["base_model_name_or_path"] = self.config.model
+            adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+        card = save_card(self.config, self.strategy.name, saved_format, self.last_result)
+        (work / MODEL_CARD).write_text(card, encoding="utf-8")
 
     def preflight(self, data: Any = None, *, estimate: bool = True, sample_rows: int = 2000) -> Any:
         """Audit a run before it starts; returns a :class:`tunekit.preflight.PreflightReport`.

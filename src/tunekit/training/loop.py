@@ -93,6 +93,24 @@ def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: b
     return [Recorder()] + ([Progress()] if progress else []) + trainer_callbacks()
 
 
+AUTO_LOGGING_EVERY_STEP_UP_TO = 100
+"""With ``training.logging_steps: None``, runs of up to this many steps log every step; longer ones ~50 points."""
+
+
+def auto_logging_steps(options: TrainingOptions, train_rows: Any) -> int:
+    """How often to log when the config leaves it to tunekit: every step on short runs, ~50 points on long ones."""
+    import math
+
+    steps = options.max_steps
+    if steps is None:
+        try:
+            per_step = options.batch_size * options.gradient_accumulation
+            steps = math.ceil(math.ceil(len(train_rows) / per_step) * options.epochs)
+        except TypeError:  # a stream has no length (and then max_steps is set anyway)
+            return 1
+    return 1 if steps <= AUTO_LOGGING_EVERY_STEP_UP_TO else max(1, steps // 50)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -156,7 +174,7 @@ def train(
         use_cpu=precision.device == "cpu",
         seed=o.seed,
         data_seed=o.seed,
-        logging_steps=o.logging_steps,
+        logging_steps=o.logging_steps or auto_logging_steps(o, train_rows),
         logging_first_step=True,
         eval_strategy="steps" if (o.eval_steps and eval_rows is not None) else "no",
         eval_steps=o.eval_steps,
