@@ -61,8 +61,9 @@ def test_evaluate_table_and_base(trained, loaded, tiny_llama, capsys):
     table = capsys.readouterr().out.splitlines()
     tuned = loaded.evaluate(trained["data"])
     assert table[0].split() == ["metric", "value"]
-    assert table[2].split() == ["loss", f"{tuned.loss:.4f}"]
-    assert table[3].split() == ["perplexity", f"{tuned.perplexity:.4f}"]
+    # batches of 2 and of 8 pad differently: the same token-weighted mean up to float rounding
+    assert table[2].split()[0] == "loss" and float(table[2].split()[1]) == pytest.approx(tuned.loss, rel=1e-5)
+    assert table[3].split()[0] == "perplexity" and float(table[3].split()[1]) == pytest.approx(tuned.perplexity, rel=1e-5)
 
     assert main(["evaluate", str(trained["run"]), str(trained["data"]), "--base", "--json"]) == 0
     base = json.loads(capsys.readouterr().out)

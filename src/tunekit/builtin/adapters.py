@@ -263,7 +263,7 @@ def _saved_dataset(path: Path) -> LoadedData:
     (a DatasetDict's train and validation splits become train and eval, as in memory)."""
     if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         raise DataError(
-            f"{str(path)!r} is a folder but not one written by datasets' save_to_disk (no state.json or "
+            f"{str(path)!r} is a folder, not a data file, and not one written by datasets' save_to_disk (no state.json or "
             f"dataset_dict.json). For a folder of data files give {{'path': {str(path)!r}}} (read with "
             "datasets.load_dataset), or give one data file."
         )
