@@ -1,4 +1,4 @@
-"""``tunekit evaluate``, ``generate``, ``chat`` and ``merge`` on one tiny trained LoRA run."""
+"""``tunekit evaluate``, ``generate``, ``chat``, ``merge`` and ``export`` on one tiny trained LoRA run."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def loaded(trained: dict[str, Path]) -> Tuner:
     return Tuner.load(trained["run"])
 
 
-@pytest.mark.parametrize("command", ["evaluate", "generate", "chat", "merge"])
+@pytest.mark.parametrize("command", ["evaluate", "generate", "chat", "merge", "export"])
 def test_help_has_an_example(command: str, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -151,6 +151,49 @@ def test_merge_writes_a_plain_transformers_model(trained, loaded, tmp_path, caps
     assert main(["merge", str(trained["run"]), str(out)]) == 2  # refused without --overwrite
     assert "tunekit: error: " in capsys.readouterr().err
     assert main(["merge", str(trained["run"]), str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
+def test_export_writes_a_gguf_that_transformers_runs(trained, loaded, tmp_path, capsys, gguf_type):
+    pytest.importorskip("gguf")
+    import torch
+    from gguf import GGMLQuantizationType, GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / f"tiny.{gguf_type}.gguf"
+    assert main(["export", str(trained["run"]), str(out), "--format", "gguf", "--type", gguf_type]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and f"llama-cli -m {out}" in printed
+    tensors = {t.name: t.tensor_type for t in GGUFReader(out).tensors}
+    assert tensors["blk.0.attn_q.weight"] == GGMLQuantizationType[gguf_type.upper()]  # --type reached the file
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    ids = loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = loaded.model.eval()(input_ids=ids).logits
+        got = plain(input_ids=ids).logits
+    # the adapter was merged in: the tuned logits, within the type's rounding (see tests/test_export_gguf.py)
+    assert (got - want).abs().max().item() <= {"f16": 2e-3, "q8_0": 2e-2}[gguf_type]
+
+
+def test_export_refusals_are_one_line_errors(trained, tmp_path, capsys):
+    out = tmp_path / "model.gguf"
+    out.write_text("someone else's file")
+    assert main(["export", str(trained["run"]), str(out)]) == 2  # refused without --overwrite, before loading
+    err = capsys.readouterr().err
+    assert err.startswith("tunekit: error: ") and "--overwrite" in err and err.count("\n") == 1
+    assert out.read_text() == "someone else's file"
+    assert main(["export", str(trained["run"]), str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x.gguf")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error for an unknown type
+        main(["export", str(trained["run"]), str(tmp_path / "x.gguf"), "--type", "q5_k"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'q5_k'" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()
+    pytest.importorskip("gguf")
+    assert main(["export", str(trained["run"]), str(out), "--overwrite"]) == 0
+    assert out.read_bytes()[:4] == b"GGUF"
 
 
 def test_merge_refuses_a_quantized_base_before_loading_it(trained, tmp_path, capsys):

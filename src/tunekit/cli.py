@@ -1,5 +1,5 @@
 """The ``tunekit`` command line: ``fit``, ``preflight``, ``evaluate``, ``generate``, ``chat``,
-``merge``, ``plugins``, ``config``, ``compare`` and ``demo``."""
+``merge``, ``export``, ``plugins``, ``config``, ``compare`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -275,17 +275,35 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(tuner, _stdin_lines(), _stdout_write, system=args.system, max_new_tokens=args.max_new_tokens)
 
 
-def _cmd_merge(args: argparse.Namespace) -> int:
+def _load_to_merge(spec: str) -> Tuner:
+    """The tuned model of a run directory or a save, refused before loading if it cannot be merged."""
     from tunekit.tuner import Tuner
 
-    run = Path(args.run)
+    run = Path(spec)
     if not run.is_dir():
-        raise ModelLoadError(f"{args.run!r} is not a run directory or a save.")
+        raise ModelLoadError(f"{spec!r} is not a run directory or a save.")
     unloaded = Tuner.from_config(_run_config_path(run))
     if unloaded.quantizer.quantizes_base:
         unloaded.merge()  # the facade's refusal (naming how to reload on a plain base), before a quantized model loads
-    out = Tuner.load(run).save_merged(args.out, overwrite=args.overwrite)
+    return Tuner.load(run)
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    out = _load_to_merge(args.run).save_merged(args.out, overwrite=args.overwrite)
     print(f"merged model saved to {out} (loads with transformers' AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    # the user's mistakes about OUT are reported before the model loads and merges (export_gguf checks again)
+    if out.is_dir():
+        raise TunekitError(f"{args.out!r} is a directory: give the GGUF file's path, e.g. {str(out / 'model.gguf')!r}.")
+    if out.exists() and not args.overwrite:
+        raise TunekitError(f"{args.out!r} already exists: pass --overwrite to replace it, or choose another path.")
+    written = _load_to_merge(args.run).export(out, type=args.type, overwrite=args.overwrite)
+    size_mb = written.stat().st_size / 1e6
+    print(f"exported {written} (GGUF {args.type}, {size_mb:.1f} MB); run it with: llama-cli -m {written} -cnv")
     return 0
 
 
@@ -372,6 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("out", help="where to save the merged model")
     merge.add_argument("--overwrite", action="store_true", help="replace an earlier tunekit save at OUT")
     merge.set_defaults(func=_cmd_merge)
+
+    from tunekit.export.gguf import TYPES as GGUF_TYPES
+
+    export = sub.add_parser(
+        "export", help="merge a run and write one GGUF file for llama.cpp / Ollama", formatter_class=raw,
+        description="Merge what RUN trained into its base and write the model and its tokenizer (with the chat "
+        "template) to OUT, one GGUF file that llama.cpp and Ollama run. See docs/export.md.",
+        epilog=_examples(
+            "tunekit export runs/lora out/model.f16.gguf",
+            "tunekit export runs/lora out/model.q8_0.gguf --type q8_0 --overwrite",
+            "llama-cli -m out/model.q8_0.gguf -cnv",
+        ),
+    )
+    export.add_argument("run", help="a run directory or a save")
+    export.add_argument("out", help="the .gguf file to write")
+    export.add_argument("--format", choices=["gguf"], default="gguf", help="the file format (only gguf for now)")
+    export.add_argument(
+        "--type", choices=GGUF_TYPES, default="f16",
+        help="how the 2-D weights are stored: f16 (default), q8_0 or q4_0 (llama.cpp's 8-/4-bit blocks), f32",
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing file at OUT")
+    export.set_defaults(func=_cmd_export)
 
     plugins = sub.add_parser("plugins", help="list every installed part by kind, with its plugin")
     plugins.add_argument("-v", "--verbose", action="store_true", help="also list each part's options")

@@ -6,7 +6,8 @@ with tunekit: rewrite an English date (``"the 5th of March 2021"``) as ISO 8601
 (``"2021-03-05"``). The base model is asked in its own chat template, with the same
 instruction as in training, then LoRA-tuned for a few minutes on the CPU, and both are
 scored by exact match on 100 held-out rows whose dates no training row contains.
-Every figure printed is measured by the run.
+Every figure printed is measured by the run. It ends with the commands that export the tuned
+model to one GGUF file (``tunekit export``) and run it in llama.cpp or Ollama.
 """
 
 from __future__ import annotations
@@ -48,6 +49,24 @@ def _answer(messages: Any) -> str:
 def _short(text: str, width: int = 34) -> str:
     text = text.replace("\n", "\\n")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def export_hint(run_dir: str | os.PathLike[str], gguf_type: str = "q8_0") -> list[str]:
+    """The demo's closing lines: the exact commands that export ``run_dir`` to GGUF and run it.
+
+    The file goes next to the run directory, so the command works as printed from where the demo ran.
+    """
+    import shlex
+
+    run = Path(run_dir)
+    gguf = run.parent / f"{TASK}.{gguf_type}.gguf"
+    return [
+        "export the tuned model to one GGUF file and run it in llama.cpp or Ollama (see docs/export.md):",
+        f"  tunekit export {shlex.quote(str(run))} {shlex.quote(str(gguf))} --format gguf --type {gguf_type}",
+        f"  llama-cli -m {shlex.quote(str(gguf))} -cnv",
+        f"  Ollama: a Modelfile holding 'FROM ./{gguf.name}' next to the file, then: "
+        f"ollama create {TASK} -f Modelfile && ollama run {TASK}",
+    ]
 
 
 def run_demo(output_dir: str = "tunekit-demo-output", steps: int | None = None, threads: int | None = None) -> dict[str, Any]:
@@ -151,6 +170,9 @@ def _run(output_dir: str, steps: int | None, threads: int | None) -> dict[str, A
     print(f"time: model load {load_s:.0f} s, base scoring {before_s:.0f} s, fit + tuned scoring "
           f"{total_s - load_s - before_s:.0f} s; total {total_s:.0f} s")
     print(f"run directory: {result.output_dir}/ (README.md model card, result.json, loss.png, tunekit.yaml, model/ = peft adapter)")
+    print()
+    for line in export_hint(result.output_dir):
+        print(line)
     return {
         "held_out_rows": len(test),
         "overlap_rows": overlap,
