@@ -64,3 +64,21 @@ def test_no_eval_data_still_writes_plot_and_card(tiny_gpt2, tmp_path):
     card = (out / "README.md").read_text()
     assert "eval loss" not in card and "final train loss" in card
     assert (out / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_save_names_its_base_as_the_config_does_and_has_a_real_card(tiny_llama, tmp_path):
+    import json
+
+    from tests.conftest import quick
+
+    from tunekit import Tuner
+    from tunekit.testing import sft_rows
+
+    tuner = Tuner(model=str(tiny_llama), output_dir=str(tmp_path / "run"), training=quick(max_steps=2))
+    tuner.fit(sft_rows(8))
+    saved = tmp_path / "run" / "model"
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
+    card = (saved / "README.md").read_text()
+    assert "## Model Details" not in card  # not peft's empty template
+    assert "Tuner.load" in card and "PeftModel.from_pretrained" in card and "eval loss" in card
+    assert Tuner.load(saved).model is not None

@@ -19,7 +19,8 @@ from tunekit.testing import sft_rows
 
 IDS = torch.tensor([[1, 5, 9, 30, 2, 7]])
 SRC = Path(__file__).resolve().parents[1] / "src" / "tunekit"
-TUNEKIT_FILES = {"tunekit.json", "tunekit.yaml", MARKER}
+TUNEKIT_FILES = {"tunekit.json", "tunekit.yaml", MARKER, "README.md"}
+"""What tunekit adds to a library's own save (README.md: its model card, in place of peft's template)."""
 
 
 def _logits(model: torch.nn.Module) -> torch.Tensor:
@@ -154,7 +155,7 @@ def test_model_directory_saves_are_what_transformers_loads(tiny_gpt2, tmp_path, 
     reference = tmp_path / "reference"  # what the facade wrote before strategies owned their format
     tuner.model.save_pretrained(str(reference))
     tuner.tokenizer.save_pretrained(str(reference))
-    assert _files(saved) - TUNEKIT_FILES == _files(reference)
+    assert _files(saved) - TUNEKIT_FILES == _files(reference) - {"README.md"}
     assert json.loads((saved / "tunekit.json").read_text())["format"] == "full"
     assert torch.allclose(tuned, _logits(AutoModelForCausalLM.from_pretrained(saved)), atol=1e-5)
     assert torch.allclose(tuned, _logits(Tuner.load(saved).model), atol=1e-5)
@@ -172,7 +173,7 @@ def test_lora_saves_the_peft_adapter_files_peft_loads(tiny_gpt2, tmp_path):
     reference = tmp_path / "reference"
     tuner.model.save_pretrained(str(reference))
     tuner.tokenizer.save_pretrained(str(reference))
-    assert _files(saved) - TUNEKIT_FILES == _files(reference)
+    assert _files(saved) - TUNEKIT_FILES == _files(reference) - {"README.md"}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= _files(saved)
     assert json.loads((saved / "tunekit.json").read_text())["format"] == "adapter"
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2), str(saved))
