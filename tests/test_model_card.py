@@ -80,5 +80,5 @@ def test_a_save_names_its_base_as_the_config_does_and_has_a_real_card(tiny_llama
     assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama)
     card = (saved / "README.md").read_text()
     assert "## Model Details" not in card  # not peft's empty template
-    assert "Tuner.load" in card and "PeftModel.from_pretrained" in card and "eval loss" in card
+    assert "Tuner.load" in card and "PeftModel.from_pretrained" in card
     assert Tuner.load(saved).model is not None
