@@ -365,3 +365,42 @@ def test_report_statistics_without_runs():
     assert report.best("exact_match", higher_is_better=False).name == "a"
     assert bad.status == "failed" and good.status == "ok"
     assert CompareReport.from_json(report.to_json()) == report
+
+
+# -- the untrained base row ---------------------------------------------------------------------------
+def test_base_row_is_the_untrained_model_scored_once(model_path, tmp_path):
+    """compare(..., base=True): a first row that trains nothing, evaluated once whatever the seeds,
+    whose eval loss is the untrained model's own (the same as Tuner.evaluate gives)."""
+    train, held_out = sft_rows(16), sft_rows(8, seed=1)
+    lines: list[str] = []
+    report = compare(
+        str(model_path), ["lora"], train, held_out, budget={"max_steps": 2}, seeds=[0, 1], training=TRAINING,
+        keep_models=False, output_dir=tmp_path / "report", progress=lines.append, base=True,
+    )
+    base, lora = report.candidates
+    assert (base.name, base.untrained, lora.untrained) == ("base", True, False)
+    assert [r.seed for r in base.runs] == [0] and [r.seed for r in lora.runs] == [0, 1]
+    run = base.runs[0]
+    assert run.ok, run.error
+    assert (run.trainable_params, run.steps, run.tokens_seen) == (0, 0, 0)
+    assert run.total_params == lora.runs[0].total_params - lora.runs[0].trainable_params  # the base without the adapters
+    untrained = Tuner(model=str(model_path), strategy="full", training=TRAINING).evaluate(held_out)
+    assert run.eval_loss == pytest.approx(untrained.loss, rel=1e-5)
+    assert any("base (seed 0): evaluated" in line for line in lines)
+    assert "| base | 0 (0.00%) |" in report.to_markdown()
+    assert load_report(tmp_path / "report").candidates[0].untrained
+
+
+def test_base_row_is_never_the_best_and_its_name_is_reserved(model_path, tmp_path):
+    ran = [RunRecord(seed=0, ok=True, trainable_params=t, total_params=100, eval_loss=loss) for t, loss in ((0, 0.5), (10, 2.0))]
+    base = CandidateResult(name="base", spec="base (untrained)", untrained=True, runs=[ran[0]])
+    lora = CandidateResult(name="lora", spec="lora", runs=[ran[1]])
+    report = CompareReport(tunekit_version="0", created="now", model="m", seeds=[0], train_data="t",
+                           output_dir="o", metrics=["loss"], candidates=[base, lora])
+    assert report.best("loss").name == "lora" and report.best("trainable_params").name == "lora"
+    with pytest.raises(ConfigError, match="named 'base'"):
+        compare(str(model_path), ["lora", {"name": "base", "strategy": "head"}], sft_rows(8), base=True,
+                output_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match="base: must be true or false"):
+        compare(str(model_path), ["lora"], sft_rows(8), base="yes", output_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -17,6 +17,7 @@ and every problem in a configuration is reported together, with dotted locations
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,14 @@ class TrainingOptions(BaseModel):
                 "save_steps unset (a checkpoint at every evaluation)"
             )
         return self
+
+    def planned_steps(self, train_rows: int) -> int:
+        """The optimizer steps a fit on ``train_rows`` rows takes: ``max_steps``, or the epochs' worth
+        (the Trainer's count: every partial batch of an epoch is a step)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.gradient_accumulation
+        return max(1, math.ceil(math.ceil(train_rows / per_step) * self.epochs))
 
 
 class TuneConfig(BaseModel):

@@ -65,6 +65,10 @@ class Estimate(BaseModel):
     batch_size: int
     sequence_length: int
     method: str
+    total_steps: int | None = Field(default=None, description="The optimizer steps the fit would take (max_steps, or the epochs' worth).")
+    total_seconds: float | None = Field(default=None, description=(
+        "total_steps x seconds_per_step: the training time, before evaluation and saving. The step is timed on the "
+        "longest batch, so shorter batches make the real run faster."))
 
 
 class PreflightReport(BaseModel):
@@ -104,11 +108,25 @@ class PreflightReport(BaseModel):
                 f"  estimate: peak memory {e.peak_memory_bytes / 2**20:,.0f} MiB ({e.peak_memory_kind}), "
                 f"{e.seconds_per_step:.3f} s/step at batch {e.batch_size} x {e.sequence_length} tokens ({e.method})"
             )
+            if e.total_steps is not None and e.total_seconds is not None:
+                out.append(
+                    f"  estimate: the whole fit, {e.total_steps:,} steps x {e.seconds_per_step:.3f} s = at most about "
+                    f"{_duration(e.total_seconds)} of training (before evaluation and saving)"
+                )
         for f in self.findings:
             out.append(f"  {f.severity.upper()} [{f.code}] {f.message}")
         if not self.findings:
             out.append("  no problems found")
         return "\n".join(out)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``12.5 min`` or ``3.2 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 MAX_SAMPLE_CHARS = 2000
@@ -410,9 +428,11 @@ def audit(
     if estimate and not report.errors:
         tokenized = (tokenization or TokenizationCache(size=1)).tokenize(config, name, objective, rows.format, train, tokenizer)
         t = config.training
-        report.estimate = estimate_step(
+        step = estimate_step(
             model, tokenized, pad_token_id=int(tokenizer.pad_token_id), batch_size=t.batch_size,
             accumulation=t.gradient_accumulation, device=str(next(model.parameters()).device),
             trained_logits=use_trained_logits(model, t.trained_logits_only),
         )
+        steps = t.planned_steps(len(rows.train))
+        report.estimate = step.model_copy(update={"total_steps": steps, "total_seconds": steps * step.seconds_per_step})
     return report

@@ -204,6 +204,7 @@ class Tuner:
         """
         from tunekit.config import build_metrics
         from tunekit.plugins import get_plugins
+        from tunekit.quiet import quiet_libraries
         from tunekit.run_directory import CLI_FLAGS
         from tunekit.training import recipe
         from tunekit.training.distributed import wait_for_everyone
@@ -213,7 +214,7 @@ class Tuner:
             raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
         eval = eval if eval is not None else self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
-        with self._claim_run(overwrite, resume, flags) as run:
+        with quiet_libraries(not self.config.training.progress_bar), self._claim_run(overwrite, resume, flags) as run:
             plan = self._plan(self._prepare(train, eval), ignore_preflight_errors, flags)
             accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
             start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
@@ -311,10 +312,15 @@ class Tuner:
         """
         from tunekit.config import build_metrics
         from tunekit.config_files import check_positive_int
+        from tunekit.quiet import quiet_libraries
+
         check_positive_int("evaluate", batch_size=batch_size, max_new_tokens=max_new_tokens)
         chosen = build_metrics(metrics)
-        prepared = self._prepare(data, split_eval=False)
-        return self._evaluate_rows(prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens)
+        with quiet_libraries(not self.config.training.progress_bar):
+            prepared = self._prepare(data, split_eval=False)
+            return self._evaluate_rows(
+                prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens
+            )
 
     def _evaluate_rows(
         self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tunekit.comparison.report import (
 from tunekit.comparison.runner import run_in_subprocess
 from tunekit.comparison.staging import StagedData, stage_data
 from tunekit.errors import ConfigError, Problem
+from tunekit.quiet import quiet_libraries
 from tunekit.run_directory import TEMP_PREFIX, Claim
 
 MARKDOWN_FILE = "report.md"
@@ -48,6 +48,7 @@ def compare(
     keep_models: bool = True,
     plugins: Sequence[str] = (),
     progress: bool | Callable[[str], None] = True,
+    base: bool = False,
     **shared: Any,
 ) -> CompareReport:
     """Fine-tune each candidate on the same data with the same budget and seeds, and compare them.
@@ -66,6 +67,10 @@ def compare(
     mappings with a ``name`` and options) are asked of ``Tuner.evaluate(eval, metrics=[...])``
     where this tunekit's ``evaluate`` takes them; otherwise each is reported as an error.
 
+    With ``base=True`` the first row, ``base``, is the model as loaded, untrained, evaluated on
+    the same eval rows with the same metrics (once: evaluation does not depend on the seed); it is
+    the reference the tuned rows improve on, and :meth:`CompareReport.best` never picks it.
+
     The report directory (``output_dir``, default ``runs/compare-<time>``) gets the data,
     one run directory per candidate and seed (with its log), ``report.json`` and ``report.md``.
 
@@ -81,12 +86,16 @@ def compare(
     metric_names = [m if isinstance(m, str) else str(m["name"]) for m in metric_specs]
     seed_list = _parse_seeds(seeds, shared_fields)
     parsed = parse_candidates(candidates)
+    if base:
+        parsed.insert(0, _base_candidate(parsed))
     plugin_refs = _parse_plugins(plugins)
     problems = _shared_problems(shared_fields, budget_spec, seeds)
     if problems:
         raise ConfigError(problems)
     if timeout_s is not None and timeout_s <= 0:
         raise ConfigError([Problem("timeout_s", f"must be > 0 (got {timeout_s!r})")])
+    if not isinstance(base, bool):
+        raise ConfigError([Problem("base", f"must be true or false (got {base!r})")])
 
     from tunekit.config import TuneConfig
 
@@ -131,7 +140,7 @@ def compare(
         if "tokens" in budget_spec and len(steps) == 1:
             report.max_steps = steps.pop()
         report.candidates = [result for result, _ in planned]
-        total = sum(len(seed_list) for result, _ in planned if result.error is None)
+        total = sum(len(_seeds_of(result, seed_list)) for result, _ in planned if result.error is None)
         say(f"compare: {len(parsed)} candidates x {len(seed_list)} seed(s) = {total} runs; report in {out}")
         for result, _ in planned:
             if result.error is not None:
@@ -140,7 +149,7 @@ def compare(
         for result, config in planned:
             if result.error is not None:
                 continue
-            for seed in seed_list:
+            for seed in _seeds_of(result, seed_list):
                 done += 1
                 label = f"[{done}/{total}] {result.name} (seed {seed})"
                 first_failure = next((r for r in result.runs if r.seed_independent), None)
@@ -153,10 +162,13 @@ def compare(
                     continue
                 run_dir = out / "runs" / config["_slug"] / f"seed-{seed}"
                 job = _job(config, seed, run_dir / "fit", staged, metric_specs, plugin_refs, keep_models, result.max_steps)
+                job["untrained"] = result.untrained
                 say(f"{label}: starting")
                 record = run_in_subprocess(job, run_dir, label=label, timeout_s=timeout_s, progress=say)
                 result.runs.append(record)
-                if record.ok:
+                if record.ok and result.untrained:
+                    say(f"{label}: evaluated in {record.process_time_s:.1f}s (untrained)")
+                elif record.ok:
                     loss = f"eval loss {record.eval_loss:.4f}" if record.eval_loss is not None else f"train loss {record.train_loss:.4f}"
                     say(f"{label}: done in {record.process_time_s:.1f}s, {loss}")
                 else:
@@ -178,6 +190,20 @@ def write_report_files(report: CompareReport, directory: Path) -> None:
 
 
 # -- planning ---------------------------------------------------------------------------------------
+def _base_candidate(parsed: list[Candidate]) -> Candidate:
+    """The untrained ``base`` row: the shared model loaded plainly (``full`` wraps nothing), never trained."""
+    if any(c.name == "base" for c in parsed):
+        raise ConfigError([Problem("candidates", (
+            "a candidate is named 'base', which is the name of the untrained row base=True adds; rename the candidate "
+            "(a 'name' key) or drop base=True"))])
+    return Candidate(name="base", spec="base (untrained)", overrides={"strategy": "full"}, untrained=True)
+
+
+def _seeds_of(result: CandidateResult, seeds: list[int]) -> list[int]:
+    """The seeds a candidate runs with: all of them, or the first only for the untrained row."""
+    return seeds[:1] if result.untrained else seeds
+
+
 def _plan(
     cand: Candidate, index: int, shared: dict[str, Any], budget: dict[str, int | float], staged: StagedData,
     out: Path, say: Callable[[str], None],
@@ -185,7 +211,7 @@ def _plan(
     """Validate one candidate and fix its config and step budget; an invalid one gets its error."""
     from tunekit.config import TuneConfig
 
-    result = CandidateResult(name=cand.name, spec=cand.spec)
+    result = CandidateResult(name=cand.name, spec=cand.spec, untrained=cand.untrained)
     problems = controlled_problems(cand.overrides, where=f"candidates[{index}]")
     merged = merge_config(shared, cand.overrides)
     training = dict(merged.get("training") or {})
@@ -210,7 +236,7 @@ def _plan(
         config = TuneConfig(**merged)
         if kind == "tokens":
             say(f"compare: {cand.name}: converting the token budget to steps")
-            with _quiet_datasets():
+            with quiet_libraries():
                 per_row = tokens_per_row(config, staged.train)
             t = config.training
             training["max_steps"] = steps_for_tokens(
@@ -346,20 +372,6 @@ def _progress_printer(progress: bool | Callable[[str], None]) -> Callable[[str],
     if progress:
         return lambda line: print(line, file=sys.stderr, flush=True)
     return lambda line: None
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars from datasets while the parent tokenizes to size a token budget."""
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
 
 
 def _plain(value: Any) -> Any:

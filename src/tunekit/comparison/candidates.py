@@ -32,6 +32,7 @@ class Candidate:
     name: str
     spec: str | dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)
+    untrained: bool = False  # the base row of compare(..., base=True): evaluated, never trained
 
     @property
     def slug(self) -> str:

@@ -10,6 +10,7 @@ comparison's own keys::
     metrics: [loss, perplexity]
     seeds: [0, 1]
     output_dir: compare-report                     # the report directory
+    base: true                                     # a first row: the untrained model, evaluated
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tunekit.comparison.report import CompareReport
 from tunekit.errors import ConfigError, Problem
 
 COMPARE_KEYS = (
-    "candidates", "budget", "metrics", "seeds", "output_dir", "timeout_s", "keep_models", "plugins",
+    "candidates", "budget", "metrics", "seeds", "output_dir", "timeout_s", "keep_models", "plugins", "base",
 )
 """The comparison's own keys a file may set; ``overwrite`` is not one (read_config_file refuses it: --overwrite)."""
 

@@ -99,6 +99,8 @@ class CandidateResult(BaseModel):
         default=None, description="The full validated TuneConfig it ran with (seed and output_dir vary per run)."
     )
     max_steps: int | None = Field(default=None, description="The optimizer steps each of its runs was given.")
+    untrained: bool = Field(default=False, description=(
+        "The base model as loaded, evaluated without training (compare(..., base=True)): the reference row."))
     error: str | None = Field(default=None, description="Why the candidate could not run at all (e.g. an invalid config).")
     runs: list[RunRecord] = Field(default_factory=list)
 
@@ -235,7 +237,8 @@ class CompareReport(BaseModel):
         return column
 
     def best(self, metric: str = "loss", *, higher_is_better: bool | None = None) -> CandidateResult:
-        """The candidate with the best mean ``metric`` over its successful runs.
+        """The candidate with the best mean ``metric`` over its successful runs (the untrained
+        ``base`` row is a reference, never picked).
 
         Memory, time, size and parameter counts are better lower, ``tokens_per_second``
         higher; a metric (``loss``, ``exact_match``, a plugin's) goes the way its registered
@@ -249,7 +252,10 @@ class CompareReport(BaseModel):
                 f"metric {metric!r} is not registered here (is the plugin that provides it installed?), so "
                 "which way is better is unknown; pass best(..., higher_is_better=True or False)."
             )
-        scored = [(mean, c) for c in self.candidates if (mean := c.stat(column)[0]) is not None and math.isfinite(mean)]
+        scored = [
+            (mean, c) for c in self.candidates
+            if not c.untrained and (mean := c.stat(column)[0]) is not None and math.isfinite(mean)
+        ]
         if not scored:
             raise TunekitError(f"no candidate has a value for {metric!r}; see the errors in the report.")
         pick = max if higher_is_better else min

@@ -151,6 +151,10 @@ def run_job(job: Mapping[str, Any]) -> RunRecord:
         register_plugin(ProgressReporter(job.get("max_steps")), name="tunekit-compare-progress")
         emit("load")
         tuner = Tuner(job["config"])
+        if job.get("untrained"):
+            record = _evaluate_untrained(tuner, job)
+            record.process_time_s = time.perf_counter() - start
+            return record
         result = tuner.fit(job["train"], job.get("eval"), overwrite=True)
         emit("evaluate")
         values, metric_errors = evaluate_metrics(tuner, job.get("eval"), job.get("metrics", []))
@@ -189,6 +193,21 @@ def run_job(job: Mapping[str, Any]) -> RunRecord:
         )
     record.process_time_s = time.perf_counter() - start
     return record
+
+
+def _evaluate_untrained(tuner: Any, job: Mapping[str, Any]) -> RunRecord:
+    """The ``base`` row: the model as loaded, scored on the eval rows like the trained candidates."""
+    if job.get("eval") is None:
+        raise DataError("the untrained base row needs an eval set: pass eval=... (or data.eval_fraction) to compare().")
+    emit("evaluate")
+    scored = tuner.evaluate(job["eval"])
+    values, metric_errors = evaluate_metrics(tuner, job["eval"], job.get("metrics", []))
+    total = sum(p.numel() for p in tuner.model.parameters())
+    return RunRecord(
+        seed=int(job["seed"]), ok=True, strategy="none (untrained)", trainable_params=0, total_params=total, steps=0,
+        tokens_seen=0, eval_loss=scored.loss, eval_perplexity=scored.perplexity, metrics=values, metric_errors=metric_errors,
+        precision=tuner.precision.name, output_dir=job["config"].get("output_dir"),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

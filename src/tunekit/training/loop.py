@@ -99,15 +99,10 @@ AUTO_LOGGING_EVERY_STEP_UP_TO = 100
 
 def auto_logging_steps(options: TrainingOptions, train_rows: Any) -> int:
     """How often to log when the config leaves it to tunekit: every step on short runs, ~50 points on long ones."""
-    import math
-
-    steps = options.max_steps
-    if steps is None:
-        try:
-            per_step = options.batch_size * options.gradient_accumulation
-            steps = math.ceil(math.ceil(len(train_rows) / per_step) * options.epochs)
-        except TypeError:  # a stream has no length (and then max_steps is set anyway)
-            return 1
+    try:
+        steps = options.planned_steps(len(train_rows)) if options.max_steps is None else options.max_steps
+    except TypeError:  # a stream has no length (and then max_steps is set anyway)
+        return 1
     return 1 if steps <= AUTO_LOGGING_EVERY_STEP_UP_TO else max(1, steps // 50)
 
 
