@@ -96,6 +96,19 @@ def test_memory_estimate_against_the_measured_fit(tiny_llama, tmp_path):
           f"time estimate/measured = {estimate.seconds_per_step / measured_step:.2f}")
     assert estimate.peak_memory_kind == result.peak_memory_kind
     assert 0.75 <= estimate.peak_memory_bytes / result.peak_memory_bytes <= 1.25
+    assert estimate.total_steps == result.steps == 6
+    assert estimate.total_seconds == pytest.approx(6 * estimate.seconds_per_step)
+
+
+def test_the_whole_fit_time_counts_the_steps_the_trainer_takes(tiny_gpt2, tmp_path):
+    """Without max_steps: epochs x batches per epoch (a partial batch is a step), after the eval split."""
+    training = quick(epochs=2, batch_size=3, gradient_accumulation=2)
+    training.pop("max_steps", None)
+    tuner = Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "r"), training=training, data={"eval_fraction": 0.2})
+    report = tuner.preflight(sft_rows(20))
+    result = tuner.fit(sft_rows(20))
+    assert report.estimate.total_steps == result.steps == 6  # 16 train rows, 6 per step: 3 steps an epoch
+    assert "the whole fit, 6 steps x" in report.summary()
 
 
 def test_merge_is_verified_and_a_bad_merge_is_refused_with_the_adapter_intact(tiny_llama, tmp_path, monkeypatch):
