@@ -388,12 +388,75 @@ def test_hub_errors_are_told_apart(monkeypatch: pytest.MonkeyPatch, kind: str, e
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fail)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run with HF_HUB_OFFLINE=1
+    monkeypatch.setattr("tunekit.models.loading._reachable", lambda endpoint: None)  # as if the hub answered
     for load in (lambda s: load_model(s, dtype=torch.float32), load_tokenizer):
         with pytest.raises(ModelLoadError, match=expected) as info:
             load(resolve_source("o/m"))
         assert info.value.__cause__ is error
     if kind != "offline":
         assert "network" not in str(info.value)
+
+
+def _never_called(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("from_pretrained must not be reached: huggingface_hub would retry for over a minute")
+
+
+def test_an_unreachable_hub_fails_before_the_retrying_libraries_with_the_alias_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from tunekit import ModelLoadError
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _never_called)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", _never_called)
+    monkeypatch.setattr("tunekit.models.loading._reachable", lambda endpoint: "gaierror: [Errno -2] Name or service not known")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run with HF_HUB_OFFLINE=1
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(ModelLoadError, match=r"model 'smollm2-135' is not a model alias.*cannot be reached \(gaierror.*"
+                       r"Did you mean the model alias 'smollm2-135m'\?"):
+        _ = Tuner(model="smollm2-135").tokenizer
+    with pytest.raises(ModelLoadError, match=r"'owner/unknown-model'.*cannot be reached") as info:
+        _ = Tuner(model="owner/unknown-model").model
+    assert "Did you mean" not in str(info.value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match=r"the hub is switched off \(HF_HUB_OFFLINE=1\)"):
+        _ = Tuner(model="smollm2-135").tokenizer
+
+
+def test_a_cached_hub_model_or_a_proxy_skips_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    import transformers
+
+    from tunekit.models.loading import check_hub_reachable, resolve_source
+
+    def no_probe(endpoint: str) -> str:
+        raise AssertionError("the hub must not be probed")
+
+    monkeypatch.setattr("tunekit.models.loading._reachable", no_probe)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/o/m/config.json")
+    check_hub_reachable(resolve_source("o/m"))  # cached: transformers reads it offline
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    check_hub_reachable(resolve_source("o/m"))  # behind a proxy a direct connection proves nothing
+    reached: list[str] = []
+
+    def hub_library(name: str, *args: Any, **kwargs: Any) -> Any:
+        reached.append(name)
+        raise RuntimeError("the hub library answered")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", hub_library)
+    from tunekit import ModelLoadError
+    from tunekit.models.loading import load_tokenizer
+
+    with pytest.raises(ModelLoadError, match="the hub library answered"):
+        load_tokenizer(resolve_source("o/m"))
+    assert reached == ["o/m"]  # the load went on to the hub libraries, which decide behind a proxy
 
 
 def test_a_bad_data_file_keeps_the_datasets_error(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
     steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (llama-vocab.cpp); "gpt2" is the tokenizer *model*, not a pre-tokenizer
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):

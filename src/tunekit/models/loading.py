@@ -6,6 +6,7 @@ afterwards (see :mod:`tunekit.models.gguf_cache`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -177,8 +178,10 @@ def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadErro
             f"{where} has no revision {detail}. Check the branch, tag or commit given as revision."
         )
     if any(isinstance(e, hub.RepositoryNotFoundError) for e in chain):
+        close = similar_aliases(source.path) if source.kind == "hub" else []
         return ModelLoadError(
-            f"{where} is not on the Hugging Face hub, or it is private and no token with access is set ({detail}). "
+            (f"did you mean the model alias {close[0]!r}? " if close else "")
+            + f"{where} is not on the Hugging Face hub, or it is private and no token with access is set ({detail}). "
             "Check the id (owner/name); for a private model set HF_TOKEN. A local directory must exist "
             "at that path (or start the path with ./)."
         )
@@ -229,6 +232,69 @@ def _load_error(source: ModelSource, what: str, exc: Exception) -> ModelLoadErro
     return ModelLoadError(f"could not load {where} ({detail}).")
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+"""How long the hub may take to accept a connection before an uncached hub model fails as unreachable."""
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def similar_aliases(name: str) -> list[str]:
+    """Registered model aliases spelt like ``name`` (a typo of ``smollm2-135m``, say), closest first."""
+    import difflib
+
+    from tunekit.plugins import get_registry
+
+    return difflib.get_close_matches(name.lower(), get_registry("model_alias").names(), n=3, cutoff=0.6)
+
+
+@functools.lru_cache(maxsize=8)
+def _reachable(endpoint: str) -> str | None:
+    """None when a TCP connection to the hub's endpoint opens within HUB_PROBE_TIMEOUT_S, else why not."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_hub_reachable(source: ModelSource, *, revision: str | None = None) -> None:
+    """Fail at once when a hub model is neither in the local cache nor reachable.
+
+    huggingface_hub retries an unreachable hub five times (over a minute) before giving up; a
+    typo of an alias, or a hub id on a machine without network, should say so in seconds. The
+    probe is one TCP connection to the hub's endpoint; behind a proxy (``HTTPS_PROXY``...) it is
+    skipped and the hub libraries decide, since a direct connection says nothing there.
+    """
+    if source.kind != "hub":
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(source.path, "config.json", revision=revision), str):
+            return  # cached: transformers reads it without the network
+    except Exception:  # an id the cache cannot even name (huggingface_hub validates it): the load says why
+        return
+    offline = constants.is_offline_mode()
+    why = None if offline or any(os.environ.get(v) for v in _PROXY_VARIABLES) else _reachable(constants.ENDPOINT)
+    if not offline and why is None:
+        return
+    close = similar_aliases(source.path)
+    hint = f"Did you mean the model alias {close[0]!r}? " if close else ""
+    from tunekit.errors import join_names
+    from tunekit.plugins import get_registry
+
+    reason = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline else f"{constants.ENDPOINT} cannot be reached ({why})"
+    raise ModelLoadError(
+        f"model {source.path!r} is not a model alias, a local path or a model in the local Hugging Face cache, and "
+        f"{reason}. {hint}Give a model alias ({join_names(get_registry('model_alias').names())}), a local model "
+        "directory or a .gguf file, or download the hub model once with network access."
+    )
+
+
 def load_tokenizer(
     source: ModelSource, *, trust_remote_code: bool = False, revision: str | None = None
 ) -> PreTrainedTokenizerBase:
@@ -239,6 +305,7 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    check_hub_reachable(source, revision=revision)
     source = materialize(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -301,6 +368,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    check_hub_reachable(source, revision=revision)
     source = materialize(source)
     kwargs = dict(extra_kwargs or {})
     if "quantization_config" not in kwargs:

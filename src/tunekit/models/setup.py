@@ -27,23 +27,21 @@ def load_for_run(
     ``saved``: a save in the strategy's own format (a peft adapter, ...), restored onto the base,
     whose tokenizer it holds. ``base_path``: a standalone save used as the base.
     """
+    from tunekit.models.loading import ModelSource, check_hub_reachable, resolve_source
+
+    base = ModelSource("local", str(base_path)) if base_path else resolve_source(config.model)
+    revision = config.revision if base.kind == "hub" else None
+    check_hub_reachable(base, revision=revision)  # a typo or an unreachable hub fails in seconds, before the imports below
+
     import torch
     from transformers import set_seed
 
     from tunekit.config import clamp_max_length
     from tunekit.formats import as_strategy
-    from tunekit.models.loading import (
-        ModelSource,
-        add_new_tokens,
-        load_configured_tokenizer,
-        load_model,
-        resolve_source,
-    )
+    from tunekit.models.loading import add_new_tokens, load_configured_tokenizer, load_model
     from tunekit.training.distributed import is_sharding_launch, process_device
 
     device = None if is_sharding_launch() else process_device()
-    base = ModelSource("local", str(base_path)) if base_path else resolve_source(config.model)
-    revision = config.revision if base.kind == "hub" else None
     tokenizer = load_configured_tokenizer(config, ModelSource("local", str(saved)) if saved else base, revision=revision)
     # "auto" is recorded as what it resolved to, so a reloaded run wraps its prompts as it trained.
     from tunekit.data.chat import resolved_chat_mode

@@ -1,0 +1,132 @@
+"""Does llama.cpp run tunekit's GGUF export the way tunekit runs the tuned model?
+
+LoRA-tunes SmolLM2-135M-Instruct (the ``smollm2-135m`` alias) on the demo's task with the demo's
+settings, exports it with ``Tuner.export`` as f16 and q8_0, and answers the demo's held-out rows
+three ways, greedily: with tunekit (the tuned model in transformers, as ``Tuner.evaluate`` answers),
+and with llama.cpp (``llama-cpp-python``) on each exported file. llama.cpp is given the very prompt
+token ids tunekit generated from (so the comparison is of the models, not of two chat-template
+renderers), and its own tokenizer is checked separately against tunekit's on every prompt.
+
+    python scripts/llamacpp_agreement.py --out /tmp/agreement      # prints the table, writes agreement.json
+
+Needs ``llama_cpp`` importable: ``pip install llama-cpp-python`` compiles llama.cpp (about 7 minutes
+on two cores); ``tests/test_export_llamacpp.py`` builds the wheel once into a cache and runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TYPES = ("f16", "q8_0")
+
+
+def tune(out: Path, steps: int) -> Any:
+    """The demo's LoRA run (same model, task, rank, learning rate and batch), ``steps`` long."""
+    from tunekit import Tuner
+    from tunekit.demo import BATCH_SIZE, LEARNING_RATE, MODEL, TASK
+    from tunekit.tasks import load_task
+
+    tuner = Tuner(
+        model=MODEL, strategy={"name": "lora", "rank": 8, "target_modules": "all-linear"}, output_dir=str(out / "run"),
+        training={"max_steps": steps, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE, "warmup_ratio": 0.1,
+                  "max_length": 128, "progress_bar": False},
+    )
+    tuner.fit(load_task(TASK, "train"), overwrite=True)
+    return tuner
+
+
+def llama_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int]) -> tuple[list[str], list[list[int]]]:
+    """Greedy continuations of token-id prompts by llama.cpp, and llama.cpp's own answer ids."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=None, verbose=False, logits_all=False)
+    texts, ids = [], []
+    for prompt in prompts:
+        llm.reset()
+        got: list[int] = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+            if token in stop or len(got) >= max_new_tokens:
+                break
+            got.append(int(token))
+        ids.append(got)
+        texts.append(llm.detokenize(got).decode("utf-8", errors="replace"))
+    llm.close()
+    return texts, ids
+
+
+def llama_tokenizes_alike(path: Path, texts: list[str], expected: list[list[int]]) -> float:
+    """The share of prompts llama.cpp's tokenizer (from the file's metadata) encodes to tunekit's ids."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
+    same = sum(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == e for t, e in zip(texts, expected, strict=True))
+    llm.close()
+    return same / len(texts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="a new or tunekit-owned directory for the run and the exports")
+    parser.add_argument("--steps", type=int, default=None, help="LoRA steps (default: the demo's)")
+    parser.add_argument("--rows", type=int, default=100, help="held-out rows to answer (the demo's test split has 100)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama_cpp is not importable: pip install llama-cpp-python (it compiles llama.cpp)", file=sys.stderr)
+        return 2
+
+    from tunekit.data.chat import render_generation_prompt
+    from tunekit.demo import STEPS, TASK
+    from tunekit.evaluation import generate_answers, stop_token_ids
+    from tunekit.tasks import load_task
+
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    tuner = tune(args.out, args.steps or STEPS)
+    rows = load_task(TASK, "test")[: args.rows]
+    chats = [r["messages"][:-1] for r in rows]
+    references = [r["messages"][-1]["content"] for r in rows]
+    tokenizer = tuner.tokenizer
+    rendered = [render_generation_prompt(tokenizer, chat) for chat in chats]
+    prompt_ids = [list(tokenizer(text, add_special_tokens=special)["input_ids"]) for text, special in rendered]
+    tunekit = [a.strip() for a in generate_answers(tuner.model, tokenizer, chats, max_new_tokens=args.max_new_tokens)]
+    stop = stop_token_ids(tuner.model, tokenizer)
+
+    report: dict[str, Any] = {"rows": len(rows), "steps": args.steps or STEPS, "max_new_tokens": args.max_new_tokens,
+                              "tunekit_exact_match": sum(a == r for a, r in zip(tunekit, references, strict=True)) / len(rows),
+                              "types": {}}
+    for gguf_type in TYPES:
+        path = tuner.export(args.out / f"tuned.{gguf_type}.gguf", type=gguf_type, overwrite=True)
+        texts, _ = llama_answers(path, prompt_ids, args.max_new_tokens, stop)
+        answers = [t.strip() for t in texts]
+        differing = [
+            {"prompt": chats[i][-1]["content"], "tunekit": tunekit[i], "llama.cpp": answers[i]}
+            for i in range(len(rows)) if answers[i] != tunekit[i]
+        ]
+        report["types"][gguf_type] = {
+            "file_mib": round(path.stat().st_size / 2**20, 1),
+            "agreement": 1 - len(differing) / len(rows),
+            "llama_exact_match": sum(a == r for a, r in zip(answers, references, strict=True)) / len(rows),
+            "tokenizer_agreement": llama_tokenizes_alike(path, [t for t, _ in rendered], prompt_ids),
+            "differing": differing[:10],
+        }
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "agreement.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"{len(rows)} held-out {TASK} rows, greedy, at most {args.max_new_tokens} new tokens; "
+          f"tunekit's exact match {report['tunekit_exact_match']:.2f}")
+    print(f"{'type':<6} {'file (MiB)':>10} {'same answer as tunekit':>23} {'llama.cpp exact match':>22} {'same prompt tokens':>19}")
+    for gguf_type, t in report["types"].items():
+        print(f"{gguf_type:<6} {t['file_mib']:>10} {t['agreement']:>23.2f} {t['llama_exact_match']:>22.2f} {t['tokenizer_agreement']:>19.2f}")
+    print(f"({report['seconds']:.0f} s; details in {args.out / 'agreement.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
