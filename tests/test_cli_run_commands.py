@@ -39,7 +39,7 @@ def loaded(trained: dict[str, Path]) -> Tuner:
     return Tuner.load(trained["run"])
 
 
-@pytest.mark.parametrize("command", ["evaluate", "generate", "chat", "merge", "export"])
+@pytest.mark.parametrize("command", ["fit", "evaluate", "generate", "chat", "merge", "export"])
 def test_help_has_an_example(command: str, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -274,3 +274,28 @@ def test_fit_preflight_refusal_names_the_cli_switch(tiny_gpt2, tmp_path, capsys)
     assert "rows-with-empty-answers" in err and "--ignore-preflight-errors" in err and "ignore_preflight_errors=True" not in err
     assert main(["fit", str(config), "--ignore-preflight-errors"]) == 0
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 1
+
+
+def test_fit_prints_the_untrained_and_tuned_model_side_by_side(tiny_llama, tmp_path, capsys, monkeypatch):
+    """`tunekit fit` with a generating metric scores the untrained model first (on the same eval rows)."""
+    for name, rows in (("train.jsonl", sft_rows(16)), ("eval.jsonl", sft_rows(4, seed=1))):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "model": str(tiny_llama), "metrics": ["exact_match"], "data": {"train": "train.jsonl", "eval": "eval.jsonl"},
+        "training": quick(max_steps=3, learning_rate=5e-3),
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "run.yaml", "--output-dir", "with"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "with" / "result.json").read_text())
+    untrained = Tuner(model=str(tiny_llama), training=quick()).evaluate(tmp_path / "eval.jsonl", ["exact_match"])
+    assert saved["base_eval_metrics"]["loss"] == pytest.approx(untrained.loss, rel=1e-4)
+    assert saved["base_eval_metrics"]["exact_match"] == untrained["exact_match"]
+    assert [g["prediction"] for g in saved["base_eval_generations"]] == [g.prediction for g in untrained.generations]
+    assert "untrained" in out and "tuned" in out and "sample answers (reference | untrained | tuned):" in out
+    row = next(line for line in out.splitlines() if line.startswith("loss "))
+    assert row.split()[1:] == [f"{untrained.loss:.4f}", f"{saved['eval_loss']:.4f}"]
+    assert main(["fit", "run.yaml", "--output-dir", "without", "--no-baseline"]) == 0
+    assert "untrained" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "without" / "result.json").read_text())["base_eval_metrics"] == {}

@@ -128,7 +128,8 @@ def test_metadata_describes_the_model_and_tokenizer(exported):
     assert value["llama.block_count"] == cfg.num_hidden_layers
     assert value["llama.attention.head_count_kv"] == cfg.num_key_value_heads
     assert value["general.file_type"] == 7  # MOSTLY_Q8_0
-    assert value["tokenizer.ggml.model"] == "gpt2" and value["tokenizer.ggml.pre"] == "gpt2"
+    # llama.cpp names GPT-2's split "gpt-2" (llama-vocab.cpp) and refuses "gpt2", which is the tokenizer model's name
+    assert value["tokenizer.ggml.model"] == "gpt2" and value["tokenizer.ggml.pre"] == "gpt-2"
     assert len(value["tokenizer.ggml.tokens"]) == cfg.vocab_size
     assert value["tokenizer.ggml.bos_token_id"] == tok.bos_token_id
     assert value["tokenizer.ggml.eos_token_id"] == tok.eos_token_id

@@ -26,11 +26,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else {}
     tuner = Tuner.from_config(args.config, **overrides)
+    from tunekit.config import build_metrics
     from tunekit.run_directory import CLI_FLAGS
 
+    baseline = args.baseline
+    if baseline is None:  # by default: when a metric generates answers, the untrained model's are worth seeing
+        baseline = any(m.needs == "generation" for m in build_metrics(tuner.config.metrics))
     result = tuner.fit(
         args.data, args.eval, overwrite=args.overwrite, resume=args.resume, accept_changes=args.accept_changes,
-        ignore_preflight_errors=args.ignore_preflight_errors, flags=CLI_FLAGS
+        ignore_preflight_errors=args.ignore_preflight_errors, baseline=baseline, flags=CLI_FLAGS
     )
     if is_main_process():
         print(result.summary())
@@ -315,7 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunekit", description="Fine-tune causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="train from a YAML/TOML/JSON config")
+    raw = argparse.RawDescriptionHelpFormatter
+    fit = sub.add_parser(
+        "fit", help="train from a YAML/TOML/JSON config", formatter_class=raw,
+        epilog=_examples(
+            "tunekit fit run.yaml", "tunekit fit run.yaml --data train.jsonl --eval eval.jsonl --output-dir runs/lora",
+            "tunekit fit run.yaml --overwrite", "tunekit fit run.yaml --resume", "tunekit fit run.yaml --nproc 2",
+        ),
+    )
     fit.add_argument("config", help="the run configuration file")
     fit.add_argument("--data", help="training data file (default: data.train in the config)")
     fit.add_argument("--eval", help="evaluation data file (default: data.eval in the config)")
@@ -330,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-preflight-errors", action="store_true",
         help="train even though the pre-flight checks found errors in the data (EOS never trained, ...)",
     )
+    before = fit.add_mutually_exclusive_group()
+    before.add_argument(
+        "--baseline", dest="baseline", action="store_true", default=None,
+        help="score the untrained model on the eval rows first and print it beside the tuned one "
+        "(the default when a config metric generates answers, e.g. exact_match)",
+    )
+    before.add_argument("--no-baseline", dest="baseline", action="store_false", help="do not score the untrained model")
     fit.add_argument(
         "--nproc", type=int, default=1,
         help="data-parallel processes on this machine (runs torchrun for you; for several machines "
@@ -343,7 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     preflight.add_argument("--no-estimate", action="store_true", help="skip the measured memory/time estimate")
     preflight.set_defaults(func=_cmd_preflight)
 
-    raw = argparse.RawDescriptionHelpFormatter
     run_help = "a run directory or a save (the tuned model), or a .yaml/.toml/.json config file (its untrained base)"
     evaluate = sub.add_parser(
         "evaluate", help="score a trained run (or its base) on a data file", formatter_class=raw,

@@ -83,6 +83,12 @@ class FitResult(BaseModel):
     eval_generations: list[Generation] = Field(
         default_factory=list, description="Generated answers on the eval rows, when a metric needed them."
     )
+    base_eval_metrics: dict[str, float] = Field(default_factory=dict, description=(
+        "With fit(..., baseline=True): the untrained model's eval loss and the same metrics, on the same eval rows, "
+        "measured before training."))
+    base_eval_generations: list[Generation] = Field(
+        default_factory=list, description="With fit(..., baseline=True): the untrained model's answers, when a metric needed them."
+    )
     loss_history: list[LogPoint] = Field(default_factory=list)
     eval_history: list[EvalPoint] = Field(default_factory=list)
     tokens_seen: int = Field(description="Non-padding tokens fed to the model during training (all processes).")
@@ -113,4 +119,27 @@ class FitResult(BaseModel):
             f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB ({self.peak_memory_kind})",
             f"output: {self.output_dir}",
         ]
-        return "\n".join(lines)
+        return "\n".join(lines + self.before_after())
+
+    def before_after(self, samples: int = 3) -> list[str]:
+        """The untrained and the tuned model's eval figures side by side, and a few of their answers
+        (with ``fit(..., baseline=True)``; empty otherwise)."""
+        if not self.base_eval_metrics:
+            return []
+        tuned = {"loss": self.eval_loss, **self.eval_metrics}
+        names = [n for n in self.base_eval_metrics if n != "perplexity"]
+        width = max(len("eval metric"), *(len(n) for n in names))
+        lines = ["", f"{'eval metric':<{width}}  {'untrained':>10}  {'tuned':>10}"]
+        for name in names:
+            after = tuned.get(name)
+            lines.append(f"{name:<{width}}  {self.base_eval_metrics[name]:>10.4f}  " + (f"{after:>10.4f}" if after is not None else f"{'-':>10}"))
+        pairs = list(zip(self.base_eval_generations, self.eval_generations, strict=False))[:samples]
+        if pairs:
+            lines += ["", "sample answers (reference | untrained | tuned):"]
+            lines += [f"  {_one_line(b.reference)!r} | {_one_line(b.prediction)!r} | {_one_line(t.prediction)!r}" for b, t in pairs]
+        return lines
+
+
+def _one_line(text: str, width: int = 40) -> str:
+    text = text.strip().replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"

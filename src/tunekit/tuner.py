@@ -180,6 +180,7 @@ class Tuner:
         accept_changes: bool = False,
         ignore_preflight_errors: bool = False,
         metrics: Sequence[str | Mapping[str, Any]] | None = None,
+        baseline: bool = False,
         flags: tuple[str, str] = PYTHON_FLAGS,
     ) -> FitResult:
         """Train on ``train`` (rows, a dataset, a DataFrame or a file path) and return what was measured.
@@ -200,7 +201,9 @@ class Tuner:
         ``flags`` name the overwrite/resume switches in error messages (the CLI passes its own).
         ``metrics`` (as for :meth:`evaluate`; default: the config's ``metrics``) are measured on the eval rows at the end and
         land in ``result.eval_metrics``, ``result.json`` and the run's model card
-        (``README.md``, next to ``loss.png``).
+        (``README.md``, next to ``loss.png``). With ``baseline=True`` the untrained model is scored
+        first, on the same eval rows with the same metrics: ``result.base_eval_metrics`` and
+        ``result.summary()``'s before/after table (``tunekit fit`` does this when a metric generates).
         """
         from tunekit.config import build_metrics
         from tunekit.plugins import get_plugins
@@ -220,7 +223,11 @@ class Tuner:
             start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
             if start.finished:
                 return self._finished(run)
+            base = self._final_evaluation(plan, chosen_metrics) if baseline else None  # the model is still untrained
             result = recipe.train_run(run, plan, start, hooks=self._fit_hooks(), evaluate=lambda: self._final_evaluation(plan, chosen_metrics))
+            if base is not None:
+                result.base_eval_metrics = {"loss": base.loss, **base.metrics}
+                result.base_eval_generations = base.generations
             recipe.record_run(run, plan, result, start, save=lambda path: self.save(path, overwrite=True))
             wait_for_everyone()  # every rank is done with the work directory before it moves
             run.publish()
