@@ -986,6 +986,66 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
                 f"{steps} steps, batch {BATCH}, own subprocess each",
                 data={"runs": {k: runs[k] for k in (num, den)}},
             ))
+        optimizer_rows(res, ws, model)
+
+
+OPTIMIZER_CHOICES = ("adamw", "adafactor", "sgd", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+
+
+def optimizer_state_bytes(ws: Workspace, model: str, optimizer: str) -> int:
+    """Bytes of the optimizer's state after one full fine-tuning step with ``training.optimizer``.
+
+    Read off the optimizer the Trainer built (every tensor in ``optimizer.state``), so it is exact,
+    not a noisy process peak: 8 bytes per parameter for AdamW, about 2 for 8-bit AdamW, ...
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    from tunekit import Tuner, hookimpl
+    from tunekit.plugins import get_plugins, register_plugin
+
+    seen: list[int] = []
+
+    class StateSize(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kw: Any) -> None:
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+            seen.append(sum(
+                t.numel() * t.element_size() for values in inner.state.values() for t in values.values() if torch.is_tensor(t)
+            ))
+
+    class Plugin:
+        @hookimpl
+        def register_trainer_callbacks(self, register: Any) -> None:
+            register(StateSize())
+
+    plugin = Plugin()
+    register_plugin(plugin, name=f"bench-optimizer-{optimizer}")
+    try:
+        Tuner(
+            model=ws.model(model), strategy="full", output_dir=str(ws.run_dir(f"opt-{optimizer}")),
+            training={"max_steps": 1, "batch_size": 2, "optimizer": optimizer, "progress_bar": False, "max_length": 256},
+        ).fit(mixed_rows(4), overwrite=True)
+    finally:
+        get_plugins().manager.unregister(plugin)
+    return seen[-1]
+
+
+def optimizer_rows(res: Results, ws: Workspace, model: str) -> None:
+    """One row per ``training.optimizer``: its state's bytes against AdamW's, on full fine-tuning."""
+    import torch
+
+    baseline = optimizer_state_bytes(ws, model, "adamw")
+    for name in OPTIMIZER_CHOICES[1:]:
+        measure = f"optimizer state: {name} / adamw (full fine-tuning, bytes in optimizer.state)"
+        if name.startswith(("adamw_8bit", "paged")) and not torch.cuda.is_available():
+            res.skip(f"memory/{model}/optimizer-{name}", "memory", model, measure, "bitsandbytes optimizers need a CUDA GPU")
+            continue
+        size = optimizer_state_bytes(ws, model, name)
+        res.add(Row(
+            f"memory/{model}/optimizer-{name}", "memory", model, measure, size / baseline, n=1,
+            detail=f"{size:,} bytes vs {baseline:,} bytes for AdamW",
+            data={"bytes": size, "adamw_bytes": baseline},
+        ))
 
 
 # ---------------------------------------------------------------------------------------------

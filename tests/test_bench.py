@@ -31,6 +31,9 @@ EXPECTED_ROWS = [
     "memory/tiny-llama/full",
     "memory/tiny-llama/lora-dropout",
     "memory/tiny-llama/all-logits",
+    "memory/tiny-llama/optimizer-adafactor",
+    "memory/tiny-llama/optimizer-sgd",
+    "memory/tiny-llama/optimizer-adamw_8bit",  # skipped without CUDA, but listed
     *(f"scaling/tiny-llama/L{length}xB1" for length in (128, 256, 512, 1024)),
     *(f"scaling/tiny-llama/L128xB{batch}" for batch in (2, 4, 8)),
     *(f"scaling/tiny-llama/L{length}xB8" for length in (256, 512, 1024)),
