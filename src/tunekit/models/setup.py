@@ -64,9 +64,10 @@ def load_for_run(
     model = quantizer.prepare_for_training(model, gradient_checkpointing=checkpointing)
     set_seed(config.training.seed)
     part = as_strategy(strategy, quantized=quantizer.quantizes_base)
-    teaches_new_tokens = bool(new_tokens) and hasattr(part, "train_new_tokens")
-    if teaches_new_tokens:
-        part.train_new_tokens(new_tokens)  # before prepare: LoRA's peft config takes the indices
+    teach = getattr(part, "train_new_tokens", None) if new_tokens else None  # optional: not in the protocol
+    teaches_new_tokens = teach is not None
+    if teach is not None:
+        teach(new_tokens)  # before prepare: LoRA's peft config takes the indices
     model = part.load(model, saved) if saved is not None else part.prepare(model)
     if new_tokens and not teaches_new_tokens and saved is None:
         warn_untrained_new_tokens(part, model, new_tokens)
