@@ -42,11 +42,12 @@ def tune(out: Path, steps: int) -> Any:
     return tuner
 
 
-def llama_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int]) -> tuple[list[str], list[list[int]]]:
+def llama_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int],
+                  threads: int) -> tuple[list[str], list[list[int]]]:
     """Greedy continuations of token-id prompts by llama.cpp, and llama.cpp's own answer ids."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=None, verbose=False, logits_all=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False, logits_all=False)
     texts, ids = [], []
     for prompt in prompts:
         llm.reset()
@@ -103,11 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         print("llama_cpp is not importable: pip install llama-cpp-python (it compiles llama.cpp)", file=sys.stderr)
         return 2
 
+    import torch
+
     from tunekit.data.chat import render_generation_prompt
-    from tunekit.demo import STEPS, TASK
+    from tunekit.demo import STEPS, TASK, choose_threads
     from tunekit.evaluation import generate_answers, stop_token_ids
     from tunekit.tasks import load_task
 
+    threads = choose_threads()  # on busy cores, fewer threads: two that wait on each other are far slower than one
+    torch.set_num_threads(threads)
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     tuner = tune(args.out, args.steps or STEPS)
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     timings["tunekit_answers_s"] = time.perf_counter() - tick
     stop = stop_token_ids(tuner.model, tokenizer)
 
-    report: dict[str, Any] = {"rows": len(rows), "steps": args.steps or STEPS, "max_new_tokens": args.max_new_tokens,
+    report: dict[str, Any] = {"rows": len(rows), "threads": threads, "steps": args.steps or STEPS, "max_new_tokens": args.max_new_tokens,
                               "tunekit_exact_match": sum(a == r for a, r in zip(tunekit, references, strict=True)) / len(rows),
                               "types": {}}
     for gguf_type in TYPES:
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         path = tuner.export(args.out / f"tuned.{gguf_type}.gguf", type=gguf_type, overwrite=True)
         timings[f"export_{gguf_type}_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        texts, _ = llama_answers(path, prompt_ids, args.max_new_tokens, stop)
+        texts, _ = llama_answers(path, prompt_ids, args.max_new_tokens, stop, threads)
         timings[f"llama_{gguf_type}_answers_s"] = time.perf_counter() - tick
         print(f"{gguf_type}: exported in {timings[f'export_{gguf_type}_s']:.0f} s, answered in {timings[f'llama_{gguf_type}_answers_s']:.0f} s", flush=True)
         answers = [t.strip() for t in texts]
