@@ -71,7 +71,7 @@ warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
 
 REAL = "smollm2-135m"
 GPT2_SHAPE = "gpt2-124m-shape"  # the classic recipe's model, randomly initialised (full mode only)
-CASES = ("overhead", "classic", "levers", "memory", "scaling", "load", "accelerator")
+CASES = ("overhead", "classic", "levers", "memory", "scaling", "threads", "load", "accelerator")
 BATCH = 8  # tunekit's and trl's default batch size
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -1146,6 +1146,85 @@ def worker_load(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t, "imports": imports}
 
 
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """``count`` other processes, each spinning on one core: the shared machine ``cpu_threads`` is for."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
+
+
+def case_threads(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    """Step and generation time with the thread count ``training.cpu_threads: auto`` settles on,
+    against torch's default (one thread per core), while other processes keep some cores busy.
+
+    Each model is timed in a fresh process with libgomp's default wait policy (what a tunekit user
+    gets; the bench itself sets PASSIVE). ``auto`` reads the one-minute load average, which lags a
+    load that just started, so the case sets the count auto arrives at (the cores the spinners
+    leave free) rather than reading it.
+    """
+    import torch
+
+    from tunekit.training.threads import available_cores
+
+    cores = available_cores()
+    for model in models:
+        if cores < 2 or torch.cuda.is_available():
+            why = "one core: nothing to choose" if cores < 2 else "an accelerator run: auto leaves torch's threads alone"
+            res.skip(f"threads/{model}", "threads", model, "cpu_threads auto's choice / torch's default", why)
+            continue
+        timed = 2 if model == REAL else max(2, s.steps // 4)
+        for busy in sorted({1, cores // 2}):
+            free = cores - busy
+            spec = {"model": ws.model(model), "cores": cores, "free": free, "busy": busy, "timed": timed}
+            times = run_worker("threads", spec, env={"OMP_WAIT_POLICY": ""})  # "": libgomp's default
+            for what, label in (("step", "a LoRA step"), ("generate", f"greedy answers to {BATCH} prompts (16 tokens)")):
+                default, chosen = statistics.median(times[f"{what}-{cores}"]), statistics.median(times[f"{what}-{free}"])
+                res.add(Row(
+                    f"threads/{model}/{what}-busy{busy}", "threads", model,
+                    f"time of {label}: cpu_threads auto's choice / torch's default (all cores), {busy} of {cores} cores busy",
+                    chosen / default, n=timed,
+                    detail=f"{free} thread(s) {chosen:.3f} s vs {cores} threads {default:.3f} s (medians, alternating; "
+                    f"batch {BATCH}; fresh process, OMP_WAIT_POLICY unset)",
+                    data={"times": times},
+                ))
+
+
+def worker_threads(spec: dict[str, Any]) -> dict[str, list[float]]:
+    """Time LoRA steps and greedy answers at ``cores`` and at ``free`` threads, alternating, while
+    ``busy`` spinning processes run."""
+    import torch
+
+    from tunekit import Tuner
+    from tunekit.evaluation import generate_answers
+
+    tuner = Tuner(model=spec["model"], strategy="lora")
+    loop = PlainLoop(tuner.model, lr=2e-4, total_steps=100, device="cpu")
+    batch = hand_collate(tokenized(mixed_rows(BATCH, seed=6), tuner.tokenizer), int(tuner.tokenizer.pad_token_id))
+    prompts = [r["prompt"] for r in mixed_rows(BATCH, seed=7)]
+    cores, free = spec["cores"], spec["free"]
+    times: dict[str, list[float]] = {f"{what}-{n}": [] for what in ("step", "generate") for n in (cores, free)}
+    with busy_cores(spec["busy"]):
+        for i in range(1 + spec["timed"]):  # the first round warms up
+            for n in ((cores, free) if i % 2 else (free, cores)):  # ABBA: drift hits both alike
+                torch.set_num_threads(n)
+                for what in ("step", "generate"):
+                    t = time.perf_counter()
+                    if what == "step":
+                        loop.step(batch)
+                    else:
+                        generate_answers(tuner.model, tuner.tokenizer, prompts, max_new_tokens=16)
+                    if i:
+                        times[f"{what}-{n}"].append(time.perf_counter() - t)
+    return times
+
+
 def case_load(res: Results, ws: Workspace, s: Settings) -> None:
     repeats = max(1, min(s.repeats, 2))
     firsts, seconds, ratios, imports = [], [], [], []
@@ -1327,7 +1406,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per run on tiny models (default 16)")
     p.add_argument("--no-real", action="store_true", help="skip the real-model rows even in full mode")
     p.add_argument("--real-only", action="store_true", help="only the real-model rows (full mode)")
-    p.add_argument("--worker", choices=["memory", "load", "steps"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["memory", "load", "steps", "threads"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -1338,7 +1417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         spec = json.loads(args.spec)
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-        out = {"memory": worker_memory, "load": worker_load, "steps": worker_steps}[args.worker](spec)
+        out = {"memory": worker_memory, "load": worker_load, "steps": worker_steps, "threads": worker_threads}[args.worker](spec)
         print(json.dumps(out), flush=True)
         return 0
     import datasets
@@ -1377,6 +1456,7 @@ def main(argv: list[str] | None = None) -> int:
         "levers": lambda: case_levers(res, ws, s, [*tiny("tiny-gpt2"), *real]),
         "memory": lambda: case_memory(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
         "scaling": lambda: case_scaling(res, ws, s, [*tiny("tiny"), *real]),
+        "threads": lambda: case_threads(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
         "load": lambda: case_load(res, ws, s) if s.real else res.skip(f"load/{REAL}", "load", REAL, "first GGUF load / cached load", s.real_note),
         "accelerator": lambda: case_accelerator(res, ws, s, real or ["tiny-gpt2"]),
     }

@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from tunekit.data.chat import render_generation_prompt
-    from tunekit.demo import STEPS, TASK, choose_threads
+    from tunekit.demo import STEPS, TASK
     from tunekit.evaluation import generate_answers, stop_token_ids
     from tunekit.tasks import load_task
+    from tunekit.training.threads import choose_threads
 
     threads = choose_threads()  # on busy cores, fewer threads: two that wait on each other are far slower than one
     torch.set_num_threads(threads)

@@ -37,7 +37,7 @@ def _load(source):
 def test_smollm2_end_to_end(tmp_path, monkeypatch):
     import torch
 
-    from tunekit.demo import choose_threads
+    from tunekit.training.threads import choose_threads
 
     monkeypatch.setenv("TUNEKIT_CACHE", str(tmp_path / "cache"))  # a cold cache: this test converts
     threads = torch.get_num_threads()

@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_serializer,
@@ -285,6 +286,13 @@ class TrainingOptions(BaseModel):
         "their own loss.",
     )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
+    cpu_threads: PositiveInt | Literal["auto"] | None = Field(
+        default="auto",
+        description="torch's CPU threads during fit and evaluate. 'auto': on a CPU run, all cores on an idle "
+        "machine and fewer when other processes keep them busy (threads that wait on each other at every "
+        "operation make a step several times slower); it leaves torch alone on a GPU and when OMP_NUM_THREADS "
+        "is set. A number sets it; null leaves torch's own setting. The process's setting is restored after.",
+    )
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
         default="adamw",
         description="'adamw' (torch's AdamW, fp32 state), 'adamw_8bit' (bitsandbytes' 8-bit state, a quarter of "
@@ -320,6 +328,13 @@ class TrainingOptions(BaseModel):
         if value in (None, "none"):
             return []
         return [value] if isinstance(value, str) else value
+
+    @field_validator("cpu_threads", mode="before")
+    @classmethod
+    def _no_bool_threads(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # pydantic would read True as 1 thread
+            raise ValueError("give a number of threads, 'auto' or null, not a boolean")
+        return value
 
     @model_validator(mode="after")
     def _check_early_stopping(self) -> TrainingOptions:

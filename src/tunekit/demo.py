@@ -12,7 +12,6 @@ model to one GGUF file (``tunekit export``) and run it in llama.cpp or Ollama.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -26,20 +25,6 @@ STEPS = 24
 BATCH_SIZE = 4
 LEARNING_RATE = 2e-3
 SAMPLES = 4
-
-
-def choose_threads() -> int:
-    """CPU threads for torch: all cores on an idle machine, fewer when other processes keep them busy.
-
-    Two threads on two cores that other processes also use wait on each other at every
-    operation, which made a forward pass several times slower here than one thread.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    return max(1, min(cores, math.floor(cores - busy + 0.5)))
 
 
 def _answer(messages: Any) -> str:
@@ -84,6 +69,7 @@ def _run(output_dir: str, steps: int | None, threads: int | None) -> dict[str, A
     from tunekit.models.gguf_cache import cached_conversion
     from tunekit.models.loading import resolve_alias
     from tunekit.tasks import load_task
+    from tunekit.training.threads import choose_threads
     from tunekit.tuner import Tuner
 
     start = time.perf_counter()
@@ -110,6 +96,7 @@ def _run(output_dir: str, steps: int | None, threads: int | None) -> dict[str, A
         output_dir=str(out / "run"),
         training={
             "max_steps": steps,
+            "cpu_threads": threads,  # the count printed above, not a second look at the load
             "batch_size": BATCH_SIZE,
             "learning_rate": LEARNING_RATE,
             "warmup_ratio": 0.1,

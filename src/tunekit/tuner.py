@@ -211,13 +211,18 @@ class Tuner:
         from tunekit.run_directory import CLI_FLAGS
         from tunekit.training import recipe
         from tunekit.training.distributed import wait_for_everyone
+        from tunekit.training.threads import cpu_threads
 
         train = train if train is not None else self.config.data.train
         if train is None:
             raise ConfigError([Problem("data.train", "no training data: pass it to fit(), or set data.train to a file")])
         eval = eval if eval is not None else self.config.data.eval
         chosen_metrics = build_metrics(metrics if metrics is not None else self.config.metrics)
-        with quiet_libraries(not self.config.training.progress_bar), self._claim_run(overwrite, resume, flags) as run:
+        with (
+            quiet_libraries(not self.config.training.progress_bar),
+            cpu_threads(self.config.training.cpu_threads, self.precision.device),
+            self._claim_run(overwrite, resume, flags) as run,
+        ):
             plan = self._plan(self._prepare(train, eval), ignore_preflight_errors, flags)
             accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
             start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
@@ -320,10 +325,11 @@ class Tuner:
         from tunekit.config import build_metrics
         from tunekit.config_files import check_positive_int
         from tunekit.quiet import quiet_libraries
+        from tunekit.training.threads import cpu_threads
 
         check_positive_int("evaluate", batch_size=batch_size, max_new_tokens=max_new_tokens)
         chosen = build_metrics(metrics)
-        with quiet_libraries(not self.config.training.progress_bar):
+        with quiet_libraries(not self.config.training.progress_bar), cpu_threads(self.config.training.cpu_threads, self.precision.device):
             prepared = self._prepare(data, split_eval=False)
             return self._evaluate_rows(
                 prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens

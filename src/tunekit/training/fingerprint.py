@@ -16,7 +16,7 @@ from typing import Any
 RESUME_MAY_CHANGE = frozenset({
     "output_dir", "metrics",
     "training.max_steps", "training.epochs", "training.progress_bar", "training.logging_steps",
-    "training.eval_steps", "training.save_steps", "training.keep_checkpoints",
+    "training.eval_steps", "training.save_steps", "training.keep_checkpoints", "training.cpu_threads",
     "data.train", "data.eval",  # file names: the content hashes below decide
 })
 
