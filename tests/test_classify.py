@@ -286,3 +286,34 @@ def test_text_pairs_and_the_run_config_keep_the_labels(tiny_gpt2: Path, tmp_path
     assert len(reloaded.predict(["goal"], text_pairs=["about it"])) == 1
     evaluated = reloaded.evaluate(rows, metrics=["accuracy", "precision", "recall", "f1_micro"])
     assert set(evaluated.reports["precision"]) == {"food", "sport"}
+
+
+# -- the shipped task ------------------------------------------------------------------------------------
+def test_word_sentiment_task_is_balanced_and_held_out():
+    from collections import Counter
+
+    from tunekit.tasks import load_task
+
+    train, test = load_task("word-sentiment", "train"), load_task("word-sentiment", "test")
+    assert Counter(r["label"] for r in train) == {"positive": 300, "negative": 300}
+    assert Counter(r["label"] for r in test) == {"positive": 100, "negative": 100}
+    assert all(r["text"].isalpha() and r["text"].islower() for r in train + test)
+    assert not {r["text"][:5] for r in train} & {r["text"][:5] for r in test}
+
+
+def test_word_sentiment_script_rebuilds_the_shipped_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+    import sys
+
+    wheel = Path("/tmp/dl/vaderSentiment-3.3.2-py2.py3-none-any.whl")
+    if not wheel.is_file():
+        pytest.skip("the vaderSentiment 3.3.2 wheel is not downloaded (see scripts/make_word_sentiment.py)")
+    spec = importlib.util.spec_from_file_location("make_word_sentiment", Path(__file__).parents[1] / "scripts" / "make_word_sentiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["make_word_sentiment.py", str(wheel)])
+    module.main()
+    shipped = Path(module.__file__).parents[1] / "src" / "tunekit" / "tasks" / "word_sentiment"
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (tmp_path / name).read_text() == (shipped / name).read_text()
