@@ -317,3 +317,37 @@ def test_word_sentiment_script_rebuilds_the_shipped_files(tmp_path: Path, monkey
     shipped = Path(module.__file__).parents[1] / "src" / "tunekit" / "tasks" / "word_sentiment"
     for name in ("train.jsonl", "test.jsonl"):
         assert (tmp_path / name).read_text() == (shipped / name).read_text()
+
+
+# -- compare -------------------------------------------------------------------------------------------
+def label_word_rows(rows: list[dict]) -> list[dict]:
+    """The same rows twice over: text/label for a classifier, and a prompt/label word for sft."""
+    return [{**r, "prompt": f"Topic of '{r['text']}':", "completion": f" {r['label']}"} for r in rows]
+
+
+# A classifier candidate moves the prompt/completion columns aside, so its rows read as text/label.
+AS_CLASSIFICATION = {"columns": {"prompt": "unused_prompt", "completion": "unused_completion"}}
+
+
+def test_compare_puts_label_words_and_classification_heads_side_by_side(tiny_llama: Path, tmp_path: Path):
+    from tunekit import compare
+
+    rows = label_word_rows(single_rows(["sport", "food"], n=8))
+    report = compare(
+        str(tiny_llama),
+        [
+            {"name": "sft label words", "strategy": "lora", "objective": "sft"},
+            {"name": "head classify", "strategy": "head", "objective": "classify", "data": AS_CLASSIFICATION},
+            {"name": "lora classify", "strategy": "lora", "objective": "classify", "data": AS_CLASSIFICATION},
+        ],
+        rows, rows[:8], budget={"max_steps": 3}, seeds=[0], metrics=["loss", "accuracy", "f1"], base=True,
+        training={"batch_size": 8, "progress_bar": False}, output_dir=tmp_path / "report", progress=False, keep_models=False,
+    )
+    by_name = {c.name: c for c in report.candidates}
+    assert set(by_name) == {"base", "sft label words", "head classify", "lora classify"}
+    for name, candidate in by_name.items():
+        assert candidate.status == "ok", (name, candidate.error_message)
+        (accuracy,), (f1,) = candidate.values("accuracy"), candidate.values("f1")
+        assert 0.0 <= accuracy <= 1.0 and 0.0 <= f1 <= 1.0
+    assert by_name["head classify"].values("trainable_params") < by_name["lora classify"].values("trainable_params")
+    assert "head classify" in report.to_markdown()
