@@ -56,7 +56,7 @@ def main() -> None:
         training={"batch_size": 16, "max_length": 64, "progress_bar": False}, keep_models=False,
     )
     print()
-    print(f"| candidate | accuracy | macro F1 | trainable params | train time (s) | run time (s) |")
+    print("| candidate | accuracy | macro F1 | trainable params | train time (s) | run time (s) |")
     print("|---|---|---|---|---|---|")
     for c in report.candidates:
         if c.status != "ok":

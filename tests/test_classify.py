@@ -9,13 +9,12 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.conftest import quick
 
 from tunekit import ConfigError, DataError, Tuner
 from tunekit.evaluation import MetricInputs, build_metrics
 from tunekit.parts import ClassOutputs
 from tunekit.plugins import get_registry
-
-from tests.conftest import quick
 
 GROUPS = {
     "sport": ["goal", "match", "team", "score"],
@@ -351,3 +350,9 @@ def test_compare_puts_label_words_and_classification_heads_side_by_side(tiny_lla
         assert 0.0 <= accuracy <= 1.0 and 0.0 <= f1 <= 1.0
     assert by_name["head classify"].values("trainable_params") < by_name["lora classify"].values("trainable_params")
     assert "head classify" in report.to_markdown()
+
+
+def test_preflight_says_it_does_not_audit_a_classification_head(tiny_llama: Path):
+    tuner = Tuner(model=str(tiny_llama), strategy="head", objective={"name": "classify", "labels": ["food", "sport"]})
+    with pytest.raises(ConfigError, match="does not audit"):
+        tuner.preflight(single_rows(["sport", "food"], n=2), estimate=False)

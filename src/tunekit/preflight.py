@@ -415,6 +415,13 @@ def audit(
 
     train = rows.train.select(range(min(len(rows.train), sample_rows)))
     name, objective = choose(config, rows.format)
+    if getattr(objective, "task", "causal-lm") != "causal-lm":
+        from tunekit.errors import ConfigError, Problem
+
+        raise ConfigError([Problem("objective", (
+            f"preflight audits objectives that label tokens; {name!r} trains a "
+            f"{getattr(objective, 'task', '?')} head, which it does not audit yet. fit checks the rows and "
+            "labels itself"))])
     max_length = config.training.max_length
     stats, full = token_stats(objective, train, tokenizer, max_length)
     report = PreflightReport(objective=name, row_format=rows.format, token_stats=stats)

@@ -59,10 +59,10 @@ def rows_digest(rows: Any) -> str:
         if column not in rows.column_names:
             continue
         for batch in rows.with_format("numpy").iter(batch_size=4096):
-            for seq in batch[column]:
-                seq = np.atleast_1d(seq)  # one class id per row for a classification head
-                h.update(len(seq).to_bytes(4, "little"))
-                h.update(seq.astype("int64").tobytes())
+            for item in batch[column]:
+                values = np.atleast_1d(item)  # one class id per row for a classification head
+                h.update(len(values).to_bytes(4, "little"))
+                h.update(values.astype("int64").tobytes())
     return h.hexdigest()
 
 
