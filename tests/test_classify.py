@@ -356,3 +356,27 @@ def test_preflight_says_it_does_not_audit_a_classification_head(tiny_llama: Path
     tuner = Tuner(model=str(tiny_llama), strategy="head", objective={"name": "classify", "labels": ["food", "sport"]})
     with pytest.raises(ConfigError, match="does not audit"):
         tuner.preflight(single_rows(["sport", "food"], n=2), estimate=False)
+
+
+def test_evaluations_during_training_use_the_classifier_loss(tiny_llama: Path, tmp_path: Path):
+    rows = single_rows(["sport", "food"], n=8)
+    tuner = Tuner(
+        model=str(tiny_llama), strategy="head", objective="classify", output_dir=str(tmp_path / "run"),
+        training=quick(max_steps=4, eval_steps=2, learning_rate=2e-2),
+    )
+    result = tuner.fit(rows, rows[:8])
+    assert [p.step for p in result.eval_history] == [2, 4]
+    assert all(math.isfinite(p.loss) and p.loss > 0 for p in result.eval_history)
+    assert result.eval_history[-1].loss == pytest.approx(result.eval_loss, rel=1e-4)
+
+
+def test_streamed_rows_need_the_labels_given(tiny_llama: Path, tmp_path: Path):
+    from datasets import Dataset
+
+    stream = Dataset.from_list(single_rows(["sport", "food"], n=8)).to_iterable_dataset()
+    training = quick(max_steps=2)
+    with pytest.raises(ConfigError, match="stream"):
+        Tuner(model=str(tiny_llama), strategy="head", objective="classify", output_dir=str(tmp_path / "a"), training=training).fit(stream)
+    tuner = Tuner(model=str(tiny_llama), strategy="head", objective={"name": "classify", "labels": ["food", "sport"]},
+                  output_dir=str(tmp_path / "b"), training=training)
+    assert tuner.fit(stream).steps == 2

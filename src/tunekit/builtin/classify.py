@@ -52,6 +52,11 @@ class ClassifyOptions(PartOptions):
     )
 
 
+def _is_stream(rows: Any) -> bool:
+    """A ``datasets.IterableDataset``: mapped lazily, with no length and no column access."""
+    return type(rows).__name__ == "IterableDataset" and type(rows).__module__.startswith("datasets")
+
+
 def _label_key(value: Any) -> str:
     return str(value)
 
@@ -140,6 +145,12 @@ class ClassifyObjective:
         resolved from the rows' counts (when ``training``); a ``DataError`` for a single class, or for a
         label outside a given label set."""
         o = self.options
+        if _is_stream(rows):  # a stream is read once, by training: its labels cannot be counted first
+            if not o.labels or o.class_weights == "balanced":
+                raise ConfigError([Problem("objective.labels", (
+                    "the training rows are a stream, whose labels cannot be read before training; give the labels "
+                    "(objective={'name': 'classify', 'labels': [...]}) and class_weights as a mapping, not 'balanced'"))])
+            return o.model_dump()
         counts: Counter[str] = Counter()
         seen: set[Any] = set()
         for i, value in enumerate(rows["label"]):
@@ -214,6 +225,8 @@ class ClassifyObjective:
                     targets.append(index[items[0]])
             return {"input_ids": ids, "labels": targets, "length": [len(x) for x in ids], "row": indices}
 
+        if _is_stream(rows):
+            return rows.map(batch, batched=True, with_indices=True, remove_columns=list(rows.column_names or []))
         return rows.map(batch, batched=True, with_indices=True, remove_columns=rows.column_names, desc="tokenizing (classify)")
 
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> ClassBatches:
