@@ -2,10 +2,12 @@
 
 LoRA-tunes SmolLM2-135M-Instruct (the ``smollm2-135m`` alias) on the demo's task with the demo's
 settings, exports it with ``Tuner.export`` as f16 and q8_0, and answers the demo's held-out rows
-three ways, greedily: with tunekit (the tuned model in transformers, as ``Tuner.evaluate`` answers),
-and with llama.cpp (``llama-cpp-python``) on each exported file. llama.cpp is given the very prompt
-token ids tunekit generated from (so the comparison is of the models, not of two chat-template
-renderers), and its own tokenizer is checked separately against tunekit's on every prompt.
+greedily: with tunekit (the tuned model in transformers, as ``Tuner.evaluate`` answers), and for
+each exported file with llama.cpp (``llama-cpp-python``) and with the file loaded back through
+transformers' own GGUF loader (whose logits are also compared with the tuned model's). llama.cpp
+is given the very prompt token ids tunekit generated from (so the comparison is of the models, not
+of two chat-template renderers), and its own tokenizer is checked separately against tunekit's on
+every prompt.
 
     python scripts/llamacpp_agreement.py --out /tmp/agreement      # prints the table, writes agreement.json
 
@@ -59,6 +61,25 @@ def llama_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, sto
     return texts, ids
 
 
+def transformers_answers(path: Path, tokenizer: Any, chats: list[Any], prompt_ids: list[list[int]], tuned: Any,
+                         max_new_tokens: int) -> tuple[list[str], float]:
+    """The file loaded back through transformers' own GGUF loader: its greedy answers, and its
+    largest |logit - tuned model's logit| over every position of the first five prompts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.evaluation import generate_answers
+
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    answers = [a.strip() for a in generate_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens)]
+    worst = 0.0
+    with torch.no_grad():
+        for ids in prompt_ids[:5]:
+            batch = torch.tensor([ids])
+            worst = max(worst, float((model(batch).logits - tuned(batch).logits).abs().max()))
+    return answers, worst
+
+
 def llama_tokenizes_alike(path: Path, texts: list[str], expected: list[list[int]]) -> float:
     """The share of prompts llama.cpp's tokenizer (from the file's metadata) encodes to tunekit's ids."""
     import llama_cpp
@@ -96,34 +117,50 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = tuner.tokenizer
     rendered = [render_generation_prompt(tokenizer, chat) for chat in chats]
     prompt_ids = [list(tokenizer(text, add_special_tokens=special)["input_ids"]) for text, special in rendered]
+    timings = {"tune_s": time.perf_counter() - start}
+    tick = time.perf_counter()
     tunekit = [a.strip() for a in generate_answers(tuner.model, tokenizer, chats, max_new_tokens=args.max_new_tokens)]
+    timings["tunekit_answers_s"] = time.perf_counter() - tick
     stop = stop_token_ids(tuner.model, tokenizer)
 
     report: dict[str, Any] = {"rows": len(rows), "steps": args.steps or STEPS, "max_new_tokens": args.max_new_tokens,
                               "tunekit_exact_match": sum(a == r for a, r in zip(tunekit, references, strict=True)) / len(rows),
                               "types": {}}
     for gguf_type in TYPES:
+        tick = time.perf_counter()
         path = tuner.export(args.out / f"tuned.{gguf_type}.gguf", type=gguf_type, overwrite=True)
+        timings[f"export_{gguf_type}_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
         texts, _ = llama_answers(path, prompt_ids, args.max_new_tokens, stop)
+        timings[f"llama_{gguf_type}_answers_s"] = time.perf_counter() - tick
+        print(f"{gguf_type}: exported in {timings[f'export_{gguf_type}_s']:.0f} s, answered in {timings[f'llama_{gguf_type}_answers_s']:.0f} s", flush=True)
         answers = [t.strip() for t in texts]
         differing = [
             {"prompt": chats[i][-1]["content"], "tunekit": tunekit[i], "llama.cpp": answers[i]}
             for i in range(len(rows)) if answers[i] != tunekit[i]
         ]
+        tick = time.perf_counter()
+        reloaded, logit_gap = transformers_answers(path, tokenizer, chats, prompt_ids, tuner.model, args.max_new_tokens)
+        timings[f"transformers_{gguf_type}_answers_s"] = time.perf_counter() - tick
         report["types"][gguf_type] = {
             "file_mib": round(path.stat().st_size / 2**20, 1),
+            "transformers_agreement": sum(a == b for a, b in zip(reloaded, tunekit, strict=True)) / len(rows),
+            "transformers_max_logit_difference": round(logit_gap, 5),
             "agreement": 1 - len(differing) / len(rows),
             "llama_exact_match": sum(a == r for a, r in zip(answers, references, strict=True)) / len(rows),
             "tokenizer_agreement": llama_tokenizes_alike(path, [t for t, _ in rendered], prompt_ids),
             "differing": differing[:10],
         }
     report["seconds"] = round(time.perf_counter() - start, 1)
+    report["timings"] = {k: round(v, 1) for k, v in timings.items()}
     (args.out / "agreement.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"{len(rows)} held-out {TASK} rows, greedy, at most {args.max_new_tokens} new tokens; "
           f"tunekit's exact match {report['tunekit_exact_match']:.2f}")
-    print(f"{'type':<6} {'file (MiB)':>10} {'same answer as tunekit':>23} {'llama.cpp exact match':>22} {'same prompt tokens':>19}")
+    print("type   file (MiB)  llama.cpp: same answer  exact match  same prompt tokens  "
+          "transformers' GGUF loader: same answer  max |logit difference|")
     for gguf_type, t in report["types"].items():
-        print(f"{gguf_type:<6} {t['file_mib']:>10} {t['agreement']:>23.2f} {t['llama_exact_match']:>22.2f} {t['tokenizer_agreement']:>19.2f}")
+        print(f"{gguf_type:<6} {t['file_mib']:>10} {t['agreement']:>23.2f} {t['llama_exact_match']:>12.2f} "
+              f"{t['tokenizer_agreement']:>19.2f} {t['transformers_agreement']:>40.2f} {t['transformers_max_logit_difference']:>23.4f}")
     print(f"({report['seconds']:.0f} s; details in {args.out / 'agreement.json'})")
     return 0
 

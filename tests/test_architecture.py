@@ -19,7 +19,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     1: ("tunekit.config", "tunekit.config_files", "tunekit.plugins"),
     2: ("tunekit.data", "tunekit.models", "tunekit.training", "tunekit.evaluation", "tunekit.preflight",
         "tunekit.merging", "tunekit.builtin", "tunekit.model_card", "tunekit.tasks", "tunekit.formats",
-        "tunekit.export"),
+        "tunekit.export", "tunekit.quiet"),
     3: ("tunekit.tuner",),
     4: ("tunekit.comparison", "tunekit.cli", "tunekit.demo", "tunekit.reference", "tunekit.testing", "tunekit"),
 }

@@ -184,3 +184,15 @@ def test_added_tokens_with_full_fine_tuning_save_and_reload(tiny_llama, tmp_path
     ids = tuner.tokenizer("go <|tool|> 12", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(tuner.model(ids).logits, reloaded.model(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize(("strategy", "warned"), [("head", True), ("full", False), ("lora", False)])
+def test_a_strategy_that_leaves_new_tokens_untrained_says_so(strategy, warned, tiny_llama, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="tunekit.models.setup"):
+        _fit(tiny_llama, tmp_path / "run", _tool_rows(8), strategy=strategy, data={"add_tokens": ["<|tool|>"]}, max_steps=1)
+    said = [r.getMessage() for r in caplog.records if "data.add_tokens" in r.getMessage()]
+    assert bool(said) == warned, said
+    if warned:
+        assert "'head'" in said[0] and "1 new tokens" in said[0]

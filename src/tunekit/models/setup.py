@@ -68,9 +68,13 @@ def load_for_run(
     model = quantizer.prepare_for_training(model, gradient_checkpointing=checkpointing)
     set_seed(config.training.seed)
     part = as_strategy(strategy, quantized=quantizer.quantizes_base)
-    if new_tokens:
-        train_new_tokens(part, new_tokens)
+    teach = getattr(part, "train_new_tokens", None) if new_tokens else None  # optional: not in the protocol
+    teaches_new_tokens = teach is not None
+    if teach is not None:
+        teach(new_tokens)  # before prepare: LoRA's peft config takes the indices
     model = part.load(model, saved) if saved is not None else part.prepare(model)
+    if new_tokens and not teaches_new_tokens and saved is None:
+        warn_untrained_new_tokens(part, model, new_tokens)
     if checkpointing and hasattr(model, "enable_input_require_grads"):
         # With a frozen embedding layer, checkpointed blocks get inputs that do not require
         # grad, and the adapters/head behind them would silently receive no gradient.
@@ -96,19 +100,18 @@ def objective_model(config: TuneConfig) -> tuple[str, dict[str, Any]]:
     return task, (dict(kwargs()) if callable(kwargs) else {})
 
 
-def train_new_tokens(part: Any, token_ids: list[int]) -> None:
-    """Tell the strategy which embedding rows are new (``data.add_tokens``), so it trains them.
+def warn_untrained_new_tokens(part: Any, model: Any, token_ids: list[int]) -> None:
+    """Say once when the new embedding rows of ``data.add_tokens`` will not train.
 
-    A strategy that trains the embeddings anyway (``full``) needs nothing; one that freezes them says
-    how it trains new rows with ``train_new_tokens(ids)`` (LoRA: peft's trainable token indices). Without
-    it, the new tokens keep their initial embedding (the mean of the old ones): said once, not silently.
+    A strategy that freezes the input embeddings and has no ``train_new_tokens(ids)`` (LoRA has:
+    peft's trainable token indices) leaves the new tokens at their initial embedding, the mean of
+    the old ones. The prepared model is asked, not the strategy's name, so a third-party strategy
+    is judged by what it does.
     """
     import logging
 
-    method = getattr(part, "train_new_tokens", None)
-    if method is not None:
-        method(token_ids)
-    elif getattr(part, "uses_adapters", False) or getattr(part, "name", "") == "head":
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and not embeddings.weight.requires_grad:
         logging.getLogger(__name__).warning(
             "tunekit: strategy %r does not train the embeddings, so the %d new tokens of data.add_tokens keep "
             "their initial embedding (the mean of the others); use 'lora' or 'full' to train them.",

@@ -25,8 +25,8 @@ from tunekit.errors import ConfigError, Problem, TunekitError
 TENSORBOARD_DIR = "tensorboard"
 """Where ``report_to: [tensorboard]`` writes its event files, inside the run directory."""
 
-EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "trackio": "trackio", "wandb": "wandb"}
-"""tunekit's extras that install a tracker (``pip install 'tunekit[NAME]'``)."""
+TRACKER_EXTRAS = frozenset({"tensorboard", "mlflow", "trackio", "wandb"})
+"""The trackers tunekit has an extra for, named like the tracker (``pip install 'tunekit[NAME]'``)."""
 
 
 def tracker_callbacks(names: list[str], output_dir: Path) -> list[Any]:
@@ -46,7 +46,7 @@ def tracker_callbacks(names: list[str], output_dir: Path) -> list[Any]:
         try:
             callback = INTEGRATION_TO_CALLBACK[name]()
         except (RuntimeError, ImportError) as exc:
-            extra = f"pip install 'tunekit[{EXTRAS[name]}]'" if name in EXTRAS else f"install the {name!r} package"
+            extra = f"pip install 'tunekit[{name}]'" if name in TRACKER_EXTRAS else f"install the {name!r} package"
             raise TunekitError(
                 f"training.report_to names {name!r}, which is not installed ({str(exc).splitlines()[0]}): {extra}, "
                 "or drop it from report_to."
