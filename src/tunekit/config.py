@@ -387,8 +387,9 @@ class TuneConfig(BaseModel):
     )
     objective: PartSpec | None = Field(
         default=None,
-        description="'sft' (loss on the answer only) or 'causal-lm' (loss on every token); "
-        "None picks 'sft' for prompt/completion or chat rows and 'causal-lm' for raw text.",
+        description="'sft' (loss on the answer only), 'causal-lm' (loss on every token) or 'classify' (a "
+        "classification head on text/label rows); None picks 'sft' for prompt/completion or chat rows and "
+        "'causal-lm' for raw text.",
     )
     data: DataOptions = Field(default_factory=DataOptions, description="How data is read.")
     metrics: list[PartSpec] | None = Field(

@@ -291,8 +291,12 @@ def evaluate(
     max_new_tokens: int | None = None,
     progress: bool = False,
     trained_logits_only: bool | str = "auto",
+    objective: Any = None,
 ) -> EvalResult:
     """Loss over ``tokenized`` and every metric in ``metrics`` over ``rows``.
+
+    An ``objective`` with ``evaluate_rows`` (``classify``) scores the rows itself: its loss, and a
+    classification head's logits for the metrics (``MetricInputs.classes``); nothing is generated.
 
     ``rows`` are the canonical rows (``prompt_completion``/``chat``/``text``) and
     ``tokenized`` the same rows after the objective. Generation runs only when a metric
@@ -300,10 +304,23 @@ def evaluate(
     ``max_new_tokens`` defaults to :func:`answer_budget`.
     """
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size, trained_logits_only=trained_logits_only)
+    score_rows = getattr(objective, "evaluate_rows", None)
+    classes = None
+    if callable(score_rows):  # a classification head: its loss and logits, no generation
+        loss, classes = score_rows(model, tokenized, batch_size=batch_size, pad_token_id=pad)
+        ppl = math.exp(min(loss, 700.0)) if not math.isnan(loss) else float("nan")
+        base = EvalResult(loss=loss, perplexity=ppl, tokens=0, rows=len(tokenized), metrics={"loss": loss, "perplexity": ppl})
+    else:
+        base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size, trained_logits_only=trained_logits_only)
     predictions = references = None
     generations: list[Generation] = []
-    if any(m.needs == "generation" for m in metrics):
+    if classes is None and any(m.needs == "logits" for m in metrics):
+        needing = [m.name for m in metrics if m.needs == "logits"]
+        raise DataError(
+            f"the metrics {needing} are computed from a classification head's logits; they need a run with "
+            "objective='classify' and rows with 'text' and 'label' columns."
+        )
+    if classes is None and any(m.needs == "generation" for m in metrics):
         prompts, references = prompts_and_references(rows, row_format)
         budget = max_new_tokens if max_new_tokens is not None else answer_budget(tokenizer, references)
         predictions = generate_answers(
@@ -312,9 +329,10 @@ def evaluate(
         generations = [
             Generation(prompt=p, reference=r, prediction=a) for p, r, a in zip(prompts, references, predictions, strict=True)
         ]
-    inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references)
+    inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references, classes)
     values = {m.name: float(m.metric.compute(inputs)) for m in metrics}
-    return base.model_copy(update={"metrics": values, "generations": generations})
+    reports = {m.name: m.metric.report(inputs) for m in metrics if callable(getattr(m.metric, "report", None))}
+    return base.model_copy(update={"metrics": values, "generations": generations, "reports": reports})
 
 
 def generate_text(model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]], /, **generate_kwargs: Any) -> str:

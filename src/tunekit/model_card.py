@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tunekit.config import TuneConfig
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOSS_PLOT = "loss.png"
+CONFUSION_PLOT = "confusion_matrix.png"
 MODEL_CARD = "README.md"
 
 
@@ -67,6 +68,40 @@ def write_loss_plot(result: FitResult, path: Path, *, title: str = "") -> Path |
     ax.set_title(f"{title}: {result.strategy} ({result.objective}), {result.steps} steps")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_confusion_plot(report: dict[str, Any], path: Path, *, title: str = "") -> Path | None:
+    """Draw a confusion matrix (``EvalResult.reports["confusion_matrix"]``: rows are the reference class,
+    columns the predicted one; one 2x2 panel per class for multi-label) as a PNG; None without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("tunekit: matplotlib is not installed, so no confusion matrix was drawn (pip install matplotlib).")
+        return None
+    labels = [str(x) for x in report.get("labels", [])]
+    panels = list(report["per_class"].items()) if report.get("multi_label") else [("", report.get("matrix", []))]
+    if not labels or not panels:
+        return None
+    fig = Figure(figsize=(min(4.5 * len(panels), 18), 4.5) if report.get("multi_label") else (2 + 0.7 * len(labels), 1.6 + 0.6 * len(labels)), dpi=110)
+    FigureCanvasAgg(fig)
+    for k, (name, matrix) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        names = ["no", "yes"] if report.get("multi_label") else labels
+        ax.imshow(matrix, cmap="Blues")
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("reference")
+        if name:
+            ax.set_title(name)
+    fig.suptitle(f"{title}: confusion matrix" if title else "confusion matrix")
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -153,6 +188,11 @@ def write_run_report(
     except Exception as exc:  # a plotting failure must not lose a finished run
         log.warning("tunekit: could not draw the loss plot: %s", exc)
         plot = None
+    if "confusion_matrix" in result.eval_reports:
+        try:
+            write_confusion_plot(result.eval_reports["confusion_matrix"], output_dir / CONFUSION_PLOT, title=config.model)
+        except Exception as exc:  # a plotting failure must not lose a finished run
+            log.warning("tunekit: could not draw the confusion matrix: %s", exc)
     saved_format = None
     try:  # what the strategy wrote into model/ (written before the card)
         saved_format = json.loads((output_dir / "model" / "tunekit.json").read_text(encoding="utf-8")).get("format")

@@ -45,12 +45,39 @@ class LoadedData:
 
 
 @dataclass(frozen=True)
+class ClassOutputs:
+    """A classification head's scores on evaluation rows, next to the rows' reference labels.
+
+    ``labels`` are the class names in id order (the model config's ``id2label``); ``logits`` has
+    one list of ``len(labels)`` scores per row; ``references`` holds each row's label ids (one
+    id per row, or any number with ``multi_label``). A row's predicted classes are the argmax
+    (single-label) or every class with a positive logit, i.e. a sigmoid above 0.5 (multi-label).
+
+    >>> ClassOutputs(["neg", "pos"], [[0.1, 2.0], [1.0, -1.0]], [[1], [1]]).predicted()
+    [[1], [0]]
+    """
+
+    labels: list[str]
+    logits: list[list[float]]
+    references: list[list[int]]
+    multi_label: bool = False
+
+    def predicted(self) -> list[list[int]]:
+        """The predicted class ids of every row."""
+        if self.multi_label:
+            return [[j for j, value in enumerate(row) if value > 0] for row in self.logits]
+        return [[max(range(len(row)), key=row.__getitem__)] if row else [] for row in self.logits]
+
+
+@dataclass(frozen=True)
 class MetricInputs:
     """What a metric is computed from.
 
-    ``loss`` is the mean cross-entropy per trained token (``nan`` without trained tokens).
-    ``predictions`` and ``references`` are the generated and the reference answers, row by
-    row; they are ``None`` unless some requested metric ``needs`` generation.
+    ``loss`` is the mean cross-entropy per trained token (``nan`` without trained tokens; for
+    classification rows, the mean loss per row). ``predictions`` and ``references`` are the
+    generated and the reference answers, row by row; they are ``None`` unless some requested
+    metric ``needs`` generation. ``classes`` holds a classification head's logits and the reference
+    labels (rows of the ``classify`` objective), else ``None``.
     """
 
     loss: float
@@ -58,12 +85,22 @@ class MetricInputs:
     rows: int
     predictions: list[str] | None = None
     references: list[str] | None = None
+    classes: ClassOutputs | None = None
 
     def pairs(self, metric: str) -> list[tuple[str, str]]:
         """``(prediction, reference)`` per row, or a ``DataError`` when nothing was generated."""
         if self.predictions is None or self.references is None:
             raise DataError(f"metric {metric!r} needs generated answers, but none were produced.")
         return list(zip(self.predictions, self.references, strict=True))
+
+    def class_outputs(self, metric: str) -> ClassOutputs:
+        """The classification head's outputs, or a ``DataError`` when the rows were not classified."""
+        if self.classes is None:
+            raise DataError(
+                f"metric {metric!r} is computed from a classification head's logits; evaluate a run with "
+                "objective='classify' on rows with 'text' and 'label' columns."
+            )
+        return self.classes
 
 
 class PartOptions(BaseModel):
@@ -164,7 +201,22 @@ class DatasetAdapter(Part, Protocol):
 
 
 class Objective(Part, Protocol):
-    """Turns rows into ``input_ids`` and ``labels`` (-100 where no loss is taken)."""
+    """Turns rows into ``input_ids`` and ``labels`` (-100 where no loss is taken).
+
+    Optional members, for objectives that train something other than next tokens (the built-in
+    ``classify`` uses all of them; an objective without them is a causal-LM objective):
+
+    - ``task`` (default ``"causal-lm"``): the kind of model the base is loaded as,
+      ``"sequence-classification"`` for transformers' ``AutoModelForSequenceClassification``.
+      Strategies read it from the model they are given (peft's task type, the head to train).
+    - ``model_kwargs() -> dict``: extra ``from_pretrained`` arguments (``num_labels``, ``id2label``...).
+    - ``options_from_rows(rows, *, training) -> dict``: the objective's options completed from the
+      rows (e.g. the label set read from the training data), called before the model is loaded;
+      the result is saved in the run's config, so a reload builds the same model.
+    - ``evaluate_rows(model, tokenized, *, batch_size) -> (loss, ClassOutputs)``: score tokenized
+      rows without generation (the mean loss per row, and what the metrics read).
+    - ``predict(model, tokenizer, texts) -> list``: what ``Tuner.predict`` returns.
+    """
 
     def __init__(self, options: Any) -> None: ...
 
@@ -197,8 +249,13 @@ class Metric(Part, Protocol):
     """Scores a model on evaluation rows; ``Tuner.evaluate(data, metrics=[name, ...])`` asks for it.
 
     ``needs`` says what the evaluator must compute for it: ``"loss"`` (the token-weighted
-    loss of the rows) or ``"generation"`` (the model's greedy answer to each ``sft`` row,
-    next to the row's reference answer). ``higher_is_better`` tells reports which way is up.
+    loss of the rows), ``"generation"`` (the model's greedy answer to each ``sft`` row,
+    next to the row's reference answer) or ``"logits"`` (a classification head's scores on
+    ``classify`` rows, in ``MetricInputs.classes``; computed for any classification rows, so a
+    label metric such as ``accuracy`` reads them there instead of generating).
+    ``higher_is_better`` tells reports which way is up. An optional ``report(inputs) -> dict``
+    returns structured values beside the number (per-class figures, a confusion matrix): they
+    land in ``EvalResult.reports`` under the metric's name.
     """
 
     needs: ClassVar[str]

@@ -223,10 +223,20 @@ def _rows_with_empty_answers(full: Dataset, tokenizer: PreTrainedTokenizerBase) 
     ]
 
 
+def has_token_labels(full: Dataset) -> bool:
+    """Whether tokenized rows label tokens (``labels`` as long as ``input_ids``), not whole rows (``classify``)."""
+    if "labels" not in full.column_names or not len(full):
+        return False
+    first = full[0]
+    return isinstance(first["labels"], list) and len(first["labels"]) == len(first["input_ids"])
+
+
 def label_findings(objective_name: str, full: Dataset, tokenizer: PreTrainedTokenizerBase) -> list[Finding]:
     from tunekit.data.chat import end_of_turn_id
 
     findings: list[Finding] = []
+    if not has_token_labels(full):  # a classification head's rows: one label per row, no tokens to check
+        return findings
     eos = tokenizer.eos_token_id
     empty = _rows_with_empty_answers(full, tokenizer)
     if empty:
@@ -405,6 +415,13 @@ def audit(
 
     train = rows.train.select(range(min(len(rows.train), sample_rows)))
     name, objective = choose(config, rows.format)
+    if getattr(objective, "task", "causal-lm") != "causal-lm":
+        from tunekit.errors import ConfigError, Problem
+
+        raise ConfigError([Problem("objective", (
+            f"preflight audits objectives that label tokens; {name!r} trains a "
+            f"{getattr(objective, 'task', '?')} head, which it does not audit yet. fit checks the rows and "
+            "labels itself"))])
     max_length = config.training.max_length
     stats, full = token_stats(objective, train, tokenizer, max_length)
     report = PreflightReport(objective=name, row_format=rows.format, token_stats=stats)

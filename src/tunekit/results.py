@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -43,6 +45,11 @@ class EvalResult(BaseModel):
     generations: list[Generation] = Field(
         default_factory=list, description="Prompt, reference and generated answer per row (generation metrics only)."
     )
+    reports: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Structured values of the metrics that have them, by metric name (per-class precision/recall, "
+        "a confusion matrix).",
+    )
 
     def __getitem__(self, name: str) -> float:
         """``result["exact_match"]``: a metric's value (``loss``/``perplexity`` are always there)."""
@@ -82,6 +89,9 @@ class FitResult(BaseModel):
     )
     eval_generations: list[Generation] = Field(
         default_factory=list, description="Generated answers on the eval rows, when a metric needed them."
+    )
+    eval_reports: dict[str, Any] = Field(
+        default_factory=dict, description="Structured metric values on the eval rows (a confusion matrix, per-class figures)."
     )
     base_eval_metrics: dict[str, float] = Field(default_factory=dict, description=(
         "With fit(..., baseline=True): the untrained model's eval loss and the same metrics, on the same eval rows, "

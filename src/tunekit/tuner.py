@@ -161,12 +161,24 @@ class Tuner:
         )
 
     # -- data -------------------------------------------------------------------------------
-    def _prepare(self, train: Any, eval: Any = None, *, split_eval: bool = True) -> PreparedData:
-        """Rows loaded, the objective chosen and the rows tokenized (see :mod:`tunekit.data.preparation`)."""
-        from tunekit.data.preparation import load_data, tokenize_data
+    def _prepare(self, train: Any, eval: Any = None, *, split_eval: bool = True, training: bool = False) -> PreparedData:
+        """Rows loaded, the objective chosen and the rows tokenized (see :mod:`tunekit.data.preparation`).
 
-        tokenizer = self.tokenizer  # first: loading the model clamps config.training.max_length to its positions
-        rows = load_data(self.config, train, eval, split_eval=split_eval, tokenizer=tokenizer)
+        ``training``: ``train`` is what fit trains on (an objective completes its options from it)."""
+        from tunekit.data.preparation import complete_objective, learns_from_rows, load_data, tokenize_data
+
+        if learns_from_rows(self.config):
+            # An objective that reads its options from the rows (classify: the labels) decides the model
+            # that loads, so the rows come first; they need no prompt wrapping (text/label rows).
+            rows = load_data(self.config, train, eval, split_eval=split_eval, tokenizer=self._tokenizer)
+            config = complete_objective(self.config, rows, training=training)
+            if config.objective != self.config.objective:
+                self.config = config
+                self._model = None  # a model loaded before the labels were known has the wrong head
+            tokenizer = self.tokenizer
+        else:
+            tokenizer = self.tokenizer  # first: loading the model clamps config.training.max_length to its positions
+            rows = load_data(self.config, train, eval, split_eval=split_eval, tokenizer=tokenizer)
         return tokenize_data(self.config, rows, tokenizer, self._tokenization)
 
     # -- the verbs ------------------------------------------------------------------------------
@@ -223,7 +235,7 @@ class Tuner:
             cpu_threads(self.config.training.cpu_threads, self.precision.device),
             self._claim_run(overwrite, resume, flags) as run,
         ):
-            plan = self._plan(self._prepare(train, eval), ignore_preflight_errors, flags)
+            plan = self._plan(self._prepare(train, eval, training=True), ignore_preflight_errors, flags)
             accept_flag = "--accept-changes" if flags == CLI_FLAGS else "accept_changes=True"
             start = recipe.start_point(run, plan, resume=resume, accept_changes=accept_changes, accept_flag=accept_flag)
             if start.finished:
@@ -258,6 +270,7 @@ class Tuner:
             learning_rate=self.config.training.learning_rate or self.strategy.default_learning_rate,
             precision=self.precision, collator=collator_for(data.objective, self.tokenizer),
             loss=getattr(data.objective, "loss", None),  # what the objective needs from training is asked of it
+            score_rows=getattr(data.objective, "evaluate_rows", None),
         )
 
     def _fit_hooks(self) -> FitHooks:
@@ -276,7 +289,7 @@ class Tuner:
         data = plan.data
         if data.eval is None or not len(data.eval) or data.rows.eval is None:
             return None
-        return self._evaluate_rows(data.rows.eval, data.format, data.eval, chosen_metrics)
+        return self._evaluate_rows(data.rows.eval, data.format, data.eval, chosen_metrics, objective=data.objective)
 
     def _claim_run(self, overwrite: bool, resume: bool, flags: tuple[str, str]) -> Claim:
         """Claim ``output_dir`` (see :mod:`tunekit.run_directory`): the main process first, then the others."""
@@ -332,11 +345,13 @@ class Tuner:
         with quiet_libraries(not self.config.training.progress_bar), cpu_threads(self.config.training.cpu_threads, self.precision.device):
             prepared = self._prepare(data, split_eval=False)
             return self._evaluate_rows(
-                prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens
+                prepared.rows.train, prepared.format, prepared.train, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                objective=prepared.objective,
             )
 
     def _evaluate_rows(
-        self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None
+        self, rows: Any, row_format: str, tokenized: Any, chosen: Any, *, batch_size: int | None = None, max_new_tokens: int | None = None,
+        objective: Any = None,
     ) -> EvalResult:
         from tunekit.evaluation import evaluate as run_evaluation
         from tunekit.training.distributed import inference_module
@@ -355,7 +370,38 @@ class Tuner:
                 max_new_tokens=max_new_tokens,
                 progress=self.config.training.progress_bar,
                 trained_logits_only=self.config.training.trained_logits_only,
+                objective=objective,
             )
+
+    def predict(self, texts: str | Sequence[str], *, text_pairs: Sequence[str] | None = None, batch_size: int | None = None) -> list[Any]:
+        """Classify ``texts`` with a classification run (``objective='classify'``): one prediction per text,
+        with its ``label`` (a list of labels with ``multi_label``) and every class's ``probabilities``.
+
+        >>> # tuner.predict(["what a lovely film"])[0].label -> 'positive'
+
+        Asks the objective (``Objective.predict``); a run whose objective does not classify is a ``ConfigError``.
+        """
+        from tunekit.config import build_part
+        from tunekit.config_files import check_positive_int
+
+        check_positive_int("predict", batch_size=batch_size)
+        spec = self.config.objective
+        objective = build_part("objective", spec, "objective") if spec is not None else None
+        predict = getattr(objective, "predict", None)
+        if not callable(predict):
+            name = spec.name if spec is not None else "none (sft / causal-lm by the rows)"
+            raise ConfigError([Problem("objective", (
+                f"predict needs a classification run (objective='classify'); this run's objective is {name}. "
+                "Use generate() for a generative model"))])
+        from tunekit.training.distributed import inference_module
+
+        with inference_module(self.model) as model:
+            return list(predict(
+                model, self.tokenizer, [texts] if isinstance(texts, str) else list(texts),
+                text_pairs=list(text_pairs) if text_pairs is not None else None,
+                batch_size=batch_size or GENERATION_BATCH_FACTOR * self.config.training.batch_size,
+                max_length=self.config.training.max_length,
+            ))
 
     def generate(self, prompt: str | list[dict[str, str]], **generate_kwargs: Any) -> str:
         """Continue a text prompt, or answer a chat (a list of messages), and return the new text.

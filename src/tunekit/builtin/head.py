@@ -9,7 +9,7 @@ from pydantic import Field
 from tunekit.errors import ConfigError, Problem
 from tunekit.formats import MODEL_DIRECTORY, ModelDirectoryFormat, SavedInFormat
 from tunekit.hookspecs import Register, hookimpl
-from tunekit.models.inspect import decoder_blocks
+from tunekit.models.inspect import classification_head, decoder_blocks
 from tunekit.parts import PartOptions
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ class HeadOptions(PartOptions):
 
 class HeadStrategy(SavedInFormat):
     """Only the output head trains (and the last ``last_n_blocks`` blocks when asked).
+
+    The head is the language-model head, or a sequence classifier's new head (``score``,
+    with ``objective='classify'``).
 
     When the head shares its weight with the input embeddings (GPT-2 and many small models
     tie them), the head is untied first: training it must not silently train the
@@ -66,6 +69,9 @@ class HeadStrategy(SavedInFormat):
             param.requires_grad_(False)
         head = model.get_output_embeddings()  # type: ignore[operator]
         embeddings = model.get_input_embeddings()  # type: ignore[operator]
+        task_head = classification_head(model)
+        if task_head is not None:  # a sequence classifier: its new head is the one to train
+            head = task_head[1]
         if head is None:
             raise ConfigError([Problem("strategy", f"{type(model).__name__} has no output head to train")])
         if embeddings is not None and head.weight is embeddings.weight:

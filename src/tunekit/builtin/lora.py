@@ -102,7 +102,11 @@ def check_rank_fits(model: torch.nn.Module, targets: list[str], rank: int) -> No
 
 
 class LoraStrategy(SavedInFormat):
-    """LoRA adapters on the chosen layers; the base weights stay frozen and unchanged."""
+    """LoRA adapters on the chosen layers; the base weights stay frozen and unchanged.
+
+    On a sequence classifier (``objective='classify'``) the task type is peft's ``SEQ_CLS``, and the new
+    head (``score``) is trained in full and saved with the adapter (``modules_to_save``).
+    """
 
     name: ClassVar[str] = "lora"
     description: ClassVar[str] = "LoRA adapters through peft (rank, alpha, DoRA, rsLoRA, layer groups)."
@@ -128,17 +132,22 @@ class LoraStrategy(SavedInFormat):
     def peft_config(self, model: torch.nn.Module) -> Any:
         from peft import LoraConfig
 
+        from tunekit.models.inspect import classification_head
         from tunekit.models.targets import resolve_targets
 
         o = self.options
+        task_head = classification_head(model)
         targets = resolve_targets(model, o.target_modules)
         check_rank_fits(model, targets.modules, o.rank)
         modules = dict(model.named_modules())
         conv1d = any(type(modules[t]).__name__ == "Conv1D" for t in targets.modules)
         if targets.parameters:
             self._check_expert_options(model, targets.parameters, conv1d)
+        modules_to_save = list(o.modules_to_save or [])
+        if task_head is not None and task_head[0] not in modules_to_save:
+            modules_to_save.append(task_head[0])  # the new head is trained in full, and saved
         return LoraConfig(
-            task_type="CAUSAL_LM",
+            task_type="SEQ_CLS" if task_head is not None else "CAUSAL_LM",
             r=o.rank,
             lora_alpha=o.alpha if o.alpha is not None else 2 * o.rank,  # type: ignore[arg-type]
             lora_dropout=o.dropout,
@@ -148,7 +157,7 @@ class LoraStrategy(SavedInFormat):
             use_dora=o.use_dora,
             use_rslora=o.use_rslora,
             bias=o.bias,
-            modules_to_save=o.modules_to_save,
+            modules_to_save=modules_to_save or None,
             trainable_token_indices=new_token_layers(model, self.new_token_ids) or None,
             fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores weights transposed
         )

@@ -1,4 +1,5 @@
-"""Objectives: ``sft`` (loss on the answer only) and ``causal-lm`` (loss on every token)."""
+"""Objectives: ``sft`` (loss on the answer only), ``causal-lm`` (loss on every token) and ``classify``
+(a classification head, see :mod:`tunekit.builtin.classify`)."""
 
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ class CausalLMObjective:
         self.options = options
 
     def accepts(self, row_format: str) -> bool:
-        return row_format in {"text", "prompt_completion", "chat"}
+        return row_format in {"text", "prompt_completion", "chat", "classification"}  # text/label rows: the text
 
     def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
         eos = eos_id(tokenizer)
@@ -239,5 +240,8 @@ def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> lis
 
 @hookimpl
 def register_objectives(register: Register) -> None:
+    from tunekit.builtin.classify import ClassifyObjective
+
     register(SFTObjective)
     register(CausalLMObjective)
+    register(ClassifyObjective)

@@ -51,12 +51,13 @@ def parse_budget(budget: Any) -> dict[str, int | float]:
 
 def tokens_per_row(config: TuneConfig, train_path: str) -> float:
     """Mean non-padding tokens per tokenized training row, as ``fit`` would tokenize them."""
-    from tunekit.data.preparation import load_data, tokenize_data
+    from tunekit.data.preparation import complete_objective, load_data, tokenize_data
     from tunekit.models.loading import load_configured_tokenizer
 
     # The path fit takes (data.preparation), with the tokenizer set up as the Tuner sets it up.
     tokenizer = load_configured_tokenizer(config)
     rows = load_data(config, train_path, split_eval=False, tokenizer=tokenizer)
+    config = complete_objective(config, rows, training=True)  # classify: the labels, read from the rows
     tokenized = tokenize_data(config, rows, tokenizer).train
     lengths = tokenized["length"] if "length" in tokenized.column_names else [len(ids) for ids in tokenized["input_ids"]]
     if not lengths:

@@ -186,6 +186,7 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
     keep = {
         "chat": ["messages"], "prompt_completion": ["prompt", "completion"] + (["system"] if "system" in names else []),
         "instruction": [n for n in ("instruction", "input", "output") if n in names], "text": ["text"],
+        "classification": [n for n in ("text", "label", "text_pair") if n in names],
     }[fmt]
     rows = rows.select_columns(keep)
 
@@ -193,16 +194,19 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
         return check_row(fmt, row, f"{where} row {index}")
 
     canonical = "prompt_completion" if fmt == "instruction" else fmt
-    features = canonical_features(canonical, system="system" in keep)
+    # a label may be a string, a number or a list: a classification stream keeps the types it has
+    features = None if fmt == "classification" else canonical_features(canonical, system="system" in keep)
     rows = rows.map(checked, with_indices=True, remove_columns=keep, features=features)
     return canonical, rows
 
 
 def choose_objective(spec_name: str | None, row_format: str) -> str:
-    """The objective for rows of ``row_format``: the configured one, or sft/causal-lm by format."""
+    """The objective for rows of ``row_format``: the configured one, or sft/causal-lm by format
+    (``causal-lm`` for raw text and for text/label rows: a classification head is asked for by name,
+    ``objective='classify'``, since it changes the model that is loaded)."""
     if spec_name is not None:
         return spec_name
-    return "causal-lm" if row_format == "text" else "sft"
+    return "causal-lm" if row_format in {"text", "classification"} else "sft"
 
 
 def build_objective(name: str, options: dict[str, Any], row_format: str) -> Any:
@@ -212,5 +216,10 @@ def build_objective(name: str, options: dict[str, Any], row_format: str) -> Any:
     objective = reg.cls(reg.options_model.model_validate(options))
     if not objective.accepts(row_format):
         hint = " Use objective='causal-lm' for raw text." if row_format == "text" else ""
+        if name == "classify":
+            hint = (" It needs rows with a 'text' and a 'label' column (and optionally 'text_pair'); rename "
+                    "other columns with data.columns, e.g. columns={'sentence': 'text', 'sentiment': 'label'}.")
+        elif row_format == "classification":
+            hint = " Text/label rows train a classification head with objective='classify', or raw text with 'causal-lm'."
         raise ConfigError([Problem("objective", f"{name!r} cannot train on {row_format!r} rows.{hint}")])
     return objective

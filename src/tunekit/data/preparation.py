@@ -73,6 +73,36 @@ class TokenizationCache:
         return self._results[key]
 
 
+def learns_from_rows(config: TuneConfig) -> bool:
+    """Whether the configured objective completes its options from the rows (``options_from_rows``,
+    e.g. ``classify`` reads its labels), which must happen before the model is loaded."""
+    if config.objective is None:
+        return False
+    from tunekit.config import build_part
+
+    return callable(getattr(build_part("objective", config.objective, "objective"), "options_from_rows", None))
+
+
+def complete_objective(config: TuneConfig, rows: PreparedRows, *, training: bool) -> TuneConfig:
+    """The config with the objective's options completed from the rows (``options_from_rows``): from the
+    training rows when ``training``; otherwise (evaluating a model not trained yet) only what is missing."""
+    from tunekit.config import PartSpec
+
+    spec = config.objective
+    if spec is None:
+        return config
+    _, objective = choose(config, rows.format)
+    learn = getattr(objective, "options_from_rows", None)
+    if not callable(learn):
+        return config
+    if not training and all(spec.options.get(k) is not None for k in getattr(objective, "learned_options", ())):
+        return config  # a trained (or fully configured) objective: its options stay as they are
+    options = learn(rows.train, training=training)
+    if options == spec.options:
+        return config
+    return config.model_copy(update={"objective": PartSpec(name=spec.name, options=options)})
+
+
 def load_data(
     config: TuneConfig, train: Any, eval: Any = None, *, split_eval: bool = True, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> PreparedRows:

@@ -5,7 +5,9 @@ Recognised formats (after ``data.columns`` renames):
 - ``text``: ``{"text"}`` raw text, for self-supervised training;
 - ``prompt_completion``: ``{"prompt", "completion"}``;
 - instruction rows ``{"instruction", "input" (optional), "output"}``, turned into prompt/completion;
-- ``chat``: ``{"messages": [{"role", "content"}, ...]}``, rendered with the chat template.
+- ``chat``: ``{"messages": [{"role", "content"}, ...]}``, rendered with the chat template;
+- ``classification``: ``{"text", "label"}`` and optionally ``"text_pair"``, for the ``classify``
+  objective (``causal-lm`` trains on their text alone, as on ``text`` rows).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ if TYPE_CHECKING:
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 FORMATS_HELP = (
-    "{'text'} for raw text; {'prompt', 'completion'}; {'instruction', 'input', 'output'}; "
+    "{'text'} for raw text; {'text', 'label'} (and optionally 'text_pair') for classification; "
+    "{'prompt', 'completion'}; {'instruction', 'input', 'output'}; "
     "or {'messages': [{'role', 'content'}, ...]} for chat"
 )
 
@@ -35,6 +38,8 @@ def detect_format(columns: list[str]) -> str:
         return "prompt_completion"
     if {"instruction", "output"} <= cols:
         return "instruction"
+    if {"text", "label"} <= cols:
+        return "classification"
     if "text" in cols:
         return "text"
     raise DataError(
@@ -54,7 +59,8 @@ def instruction_prompt(instruction: str, input_text: str | None) -> str:
 def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, where: str = "data") -> tuple[str, Dataset]:
     """Rename columns, detect the format, check every row, and keep only the canonical columns.
 
-    Returns ``(format, dataset)`` where format is ``text``, ``prompt_completion`` or ``chat``.
+    Returns ``(format, dataset)`` where format is ``text``, ``prompt_completion``, ``chat`` or
+    ``classification`` (whose labels the objective checks: it knows what a label may be).
     """
     if len(rows) == 0:
         raise DataError(f"{where} is empty: give at least one row.")
@@ -96,6 +102,15 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
             remove_columns=rows.column_names,
         )
         return "prompt_completion", rows
+    if fmt == "classification":
+        pair = "text_pair" in rows.column_names
+        rows = rows.select_columns(["text", "label"] + (["text_pair"] if pair else []))
+        for i, row in enumerate(rows):
+            for key in ("text",) + (("text_pair",) if pair else ()):
+                _check_str(row[key], f"{where} row {i}, column {key!r}")
+            if row["label"] is None:
+                raise DataError(f"{where} row {i} has no label (column 'label' is empty); give every row a label.")
+        return fmt, rows
     keep = ["prompt", "completion"] if fmt == "prompt_completion" else ["text"]
     system = fmt == "prompt_completion" and "system" in rows.column_names  # placed by a chat template
     rows = rows.select_columns(keep + (["system"] if system else []))
@@ -119,6 +134,13 @@ def check_row(fmt: str, row: dict[str, Any], where: str) -> dict[str, Any]:
         if row.get("input") is not None:
             _check_str(row["input"], f"{where}, column 'input'")
         return {"prompt": instruction_prompt(row["instruction"], row.get("input")), "completion": row["output"]}
+    if fmt == "classification":
+        _check_str(row["text"], f"{where}, column 'text'")
+        if row.get("text_pair") is not None:
+            _check_str(row["text_pair"], f"{where}, column 'text_pair'")
+        if row["label"] is None:
+            raise DataError(f"{where} has no label (column 'label' is empty); give every row a label.")
+        return dict(row)
     keys = ["prompt", "completion"] if fmt == "prompt_completion" else ["text"]
     for key in keys:
         _check_str(row[key], f"{where}, column {key!r}")

@@ -60,10 +60,33 @@ def is_linear_layer(module: torch.nn.Module) -> bool:
 
 
 def output_head_names(model: torch.nn.Module) -> set[str]:
-    """Module names of the output head(s) (``lm_head``), which adapter groups never target."""
+    """Module names of the output head(s) (``lm_head``, or a classifier's ``score``), which adapter
+    groups never target."""
     get_out = getattr(model, "get_output_embeddings", None)
     head = get_out() if callable(get_out) else None
-    return {name for name, module in model.named_modules() if module is head and head is not None}
+    found = classification_head(model)
+    heads = {id(m) for m in (head, found[1] if found else None) if m is not None}
+    return {name for name, module in model.named_modules() if id(module) in heads}
+
+
+CLASSIFICATION_HEADS = ("score", "classifier")
+"""Attribute names transformers' ``*ForSequenceClassification`` models give their new head."""
+
+
+def is_sequence_classifier(model: torch.nn.Module) -> bool:
+    """Whether ``model`` (or the transformers model under a peft wrapper) is a ``*ForSequenceClassification``."""
+    return any(type(m).__name__.endswith("ForSequenceClassification") for m in model.modules())
+
+
+def classification_head(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
+    """``(name, module)`` of a sequence classifier's head (``score`` for decoder models), else None."""
+    for module in model.modules():
+        if type(module).__name__.endswith("ForSequenceClassification"):
+            for attr in CLASSIFICATION_HEADS:
+                head = getattr(module, attr, None)
+                if head is not None:
+                    return attr, head
+    return None
 
 
 def _no_split_classes(model: torch.nn.Module) -> set[str]:

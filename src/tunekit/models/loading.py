@@ -352,6 +352,25 @@ def add_new_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str]) -> lis
     return [int(vocab[t]) for t in dict.fromkeys(tokens)]
 
 
+TASK_MODEL_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+}
+"""The transformers auto class each objective ``task`` loads the base as (see :class:`tunekit.parts.Objective`)."""
+
+
+def model_class(task: str) -> Any:
+    """The transformers auto class for an objective's ``task``, or a ``ConfigError`` naming the known ones."""
+    import transformers
+
+    from tunekit.errors import ConfigError, Problem
+
+    if task not in TASK_MODEL_CLASSES:
+        raise ConfigError([Problem("objective", (
+            f"the objective's task {task!r} names no model class tunekit loads; known: {', '.join(TASK_MODEL_CLASSES)}"))])
+    return getattr(transformers, TASK_MODEL_CLASSES[task])
+
+
 def load_model(
     source: ModelSource,
     *,
@@ -360,13 +379,16 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     device: Any = None,
+    task: str = "causal-lm",
 ) -> PreTrainedModel:
-    """Load a causal LM from ``source`` with the given dtype and quantizer kwargs, onto ``device``.
+    """Load a causal LM (or, for another objective ``task``, e.g. ``"sequence-classification"``, the
+    model class of :data:`TASK_MODEL_CLASSES`) from ``source`` with the given dtype and quantizer
+    kwargs, onto ``device``.
 
     A quantized (bitsandbytes) model is placed at load time (``device_map={"": device}``: its
     weights cannot be moved afterwards); any other model is moved there once loaded.
     """
-    from transformers import AutoModelForCausalLM
+    auto_class = model_class(task)
 
     check_hub_reachable(source, revision=revision)
     source = materialize(source)
@@ -376,7 +398,7 @@ def load_model(
     elif device is not None:
         kwargs.setdefault("device_map", {"": device})
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             source.path,
             trust_remote_code=trust_remote_code,
             revision=revision,

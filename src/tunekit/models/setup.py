@@ -51,10 +51,14 @@ def load_for_run(
         config = config.model_copy(update={"data": config.data.model_copy(update={"chat_template": mode})})
     # A frozen base can live in the compute dtype; weights that train keep fp32 master copies.
     dtype = precision.compute_dtype if strategy.uses_adapters else torch.float32
+    task, task_kwargs = objective_model(config)
     model: Any = load_model(
-        base, dtype=dtype, extra_kwargs=quantizer.load_kwargs(precision.compute_dtype),
-        trust_remote_code=config.trust_remote_code, revision=revision, device=device,
+        base, dtype=dtype, extra_kwargs={**quantizer.load_kwargs(precision.compute_dtype), **task_kwargs},
+        trust_remote_code=config.trust_remote_code, revision=revision, device=device, task=task,
     )
+    if task != "causal-lm" and tokenizer.pad_token_id is not None:
+        # transformers pools a sequence classifier at the last token that is not the pad token
+        model.config.pad_token_id = tokenizer.pad_token_id
     config = clamp_max_length(config, model)  # a max_length past the model's positions
     new_tokens = add_new_tokens(tokenizer, config.data.add_tokens)  # ids (added already by the tokenizer's loading)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -81,6 +85,19 @@ def load_for_run(
         model = model.to(device)
     model.eval()
     return model, tokenizer, config
+
+
+def objective_model(config: TuneConfig) -> tuple[str, dict[str, Any]]:
+    """``(task, from_pretrained kwargs)`` the configured objective loads its model with (see
+    :class:`tunekit.parts.Objective`): ``("causal-lm", {})`` unless the objective says otherwise."""
+    if config.objective is None:
+        return "causal-lm", {}
+    from tunekit.config import build_part
+
+    objective = build_part("objective", config.objective, "objective")
+    task = str(getattr(objective, "task", "causal-lm"))
+    kwargs = getattr(objective, "model_kwargs", None)
+    return task, (dict(kwargs()) if callable(kwargs) else {})
 
 
 def warn_untrained_new_tokens(part: Any, model: Any, token_ids: list[int]) -> None:

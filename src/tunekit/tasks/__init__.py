@@ -5,7 +5,9 @@
 >>> rows[0]["messages"][-1]["content"]
 '2061-09-18'
 >>> sorted(TASKS)
-['iso-dates']
+['iso-dates', 'word-sentiment']
+>>> load_task("word-sentiment", "train")[0].keys()
+dict_keys(['text', 'label'])
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from tunekit.errors import DataError, join_names
 
-TASKS = {"iso-dates": "iso_dates"}
+TASKS = {"iso-dates": "iso_dates", "word-sentiment": "word_sentiment"}
 """Task name -> directory inside this package (each holds ``train.jsonl`` and ``test.jsonl``)."""
 
 

@@ -136,7 +136,7 @@ def check_dataset_adapter(adapter: str | dict[str, Any], source: Any) -> Any:
     prepared = prepare_rows(source, None, DataOptions.model_validate({"adapter": adapter}), seed=0)
     if len(prepared.train) == 0:
         raise ContractViolation(f"adapter {name!r} yielded no rows")
-    if prepared.format not in {"text", "prompt_completion", "chat"}:
+    if prepared.format not in {"text", "prompt_completion", "chat", "classification"}:
         raise ContractViolation(f"adapter {name!r} yielded rows of unknown format {prepared.format!r}")
     return prepared
 

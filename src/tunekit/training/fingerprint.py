@@ -47,17 +47,22 @@ def rows_digest(rows: Any) -> str:
     if type(rows).__name__ == "IterableDataset":
         for row in rows.take(STREAM_DIGEST_ROWS):
             for column in ("input_ids", "labels"):
-                seq = [int(t) for t in row.get(column) or []]
+                value = row.get(column)
+                # a classification row's label is one class id (or a multi-hot list), not a token list
+                seq = [int(t) for t in (value if isinstance(value, list) else [] if value is None else [value])]
                 h.update(len(seq).to_bytes(4, "little"))
                 h.update(b"".join(t.to_bytes(8, "little", signed=True) for t in seq))
         return "stream:" + h.hexdigest()
+    import numpy as np
+
     for column in ("input_ids", "labels"):
         if column not in rows.column_names:
             continue
         for batch in rows.with_format("numpy").iter(batch_size=4096):
-            for seq in batch[column]:
-                h.update(len(seq).to_bytes(4, "little"))
-                h.update(seq.astype("int64").tobytes())
+            for item in batch[column]:
+                values = np.atleast_1d(item)  # one class id per row for a classification head
+                h.update(len(values).to_bytes(4, "little"))
+                h.update(values.astype("int64").tobytes())
     return h.hexdigest()
 
 

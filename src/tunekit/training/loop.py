@@ -122,6 +122,7 @@ def train(
     fingerprint: dict[str, str] | None = None,
     collator: Any = None,
     loss: Any = None,
+    score_rows: Any = None,
     final_evaluation: Any = None,
     parameters: tuple[int, int] = (0, 0),
 ) -> TrainOutcome:
@@ -215,6 +216,7 @@ def train(
     trainer.keep_checkpoints = o.keep_checkpoints
     trainer.run_fingerprint = fingerprint
     trainer.objective_loss = loss  # the objective's own loss (Objective.loss), or None for tunekit's
+    trainer.score_rows = score_rows  # the objective's own eval loss (Objective.evaluate_rows), or None
     from tunekit.training.loss import use_trained_logits
 
     trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)

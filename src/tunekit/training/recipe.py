@@ -57,6 +57,8 @@ class FitPlan:
     collator: Any
     loss: Any = None
     """The objective's own training loss (``Objective.loss``), or None for tunekit's cross-entropy."""
+    score_rows: Any = None
+    """The objective's own scoring of eval rows (``Objective.evaluate_rows``), or None for tunekit's eval loss."""
 
 
 @dataclass
@@ -129,6 +131,7 @@ def train_run(
                 fingerprint=start.fingerprint,
                 collator=plan.collator,
                 loss=plan.loss,
+                score_rows=plan.score_rows,
                 final_evaluation=evaluate,
                 parameters=(trainable, total),
             )
@@ -153,6 +156,7 @@ def train_run(
         eval_perplexity=final.perplexity if final else None,
         eval_metrics=final.metrics if final else {},
         eval_generations=final.generations if final else [],
+        eval_reports=final.reports if final else {},
         loss_history=outcome.loss_history,
         eval_history=outcome.eval_history,
         tokens_seen=outcome.tokens_seen,
@@ -169,7 +173,7 @@ def train_run(
 
 def record_run(run: Claim, plan: FitPlan, result: FitResult, start: StartPoint, *, save: Callable[[Path], Any]) -> None:
     """Write the model (``save`` into ``model/``), ``result.json``, the model card and the loss plot."""
-    from tunekit.model_card import LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
+    from tunekit.model_card import CONFUSION_PLOT, LOSS_PLOT, MODEL_CARD, DataSummary, write_run_report
     from tunekit.training.distributed import gathered_state_dict, saving_state_dict
 
     full_weights = gathered_state_dict(plan.model)  # every rank: a collective under FSDP / ZeRO-3; None otherwise
@@ -187,5 +191,7 @@ def record_run(run: Claim, plan: FitPlan, result: FitResult, start: StartPoint, 
     summary = DataSummary(rows.description, rows.format, train_rows, len(data.eval) if data.eval is not None else 0)
     write_run_report(run.work, result, plan.config, summary, learning_rate=plan.learning_rate)
     run.record(MODEL_CARD, LOSS_PLOT)
+    if (run.work / CONFUSION_PLOT).is_file():
+        run.record(CONFUSION_PLOT)
     t = plan.config.training
     run.set_state("writing", fingerprint=start.fingerprint, budget={"max_steps": t.max_steps, "epochs": t.epochs})

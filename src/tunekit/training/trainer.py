@@ -80,6 +80,8 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
     trained_logits_only: bool = False
     objective_loss: Any = None
     """The objective's own ``loss(model, inputs, num_items_in_batch)``, when it has one (``Objective.loss``)."""
+    score_rows: Any = None
+    """The objective's own ``evaluate_rows(model, rows, batch_size=, pad_token_id=)``, when it has one: the eval loss."""
     run_fingerprint: dict[str, str] | None = None
     """Written into every checkpoint (:data:`tunekit.training.checkpoints.FINGERPRINT`) so a resume can check it."""
     """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
@@ -117,6 +119,10 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
             return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         # A sharded module (FSDP, ZeRO-3) gathers its weights in forward: use the wrapper, on every rank.
         model: Any = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
+        if self.score_rows is not None:  # e.g. a classification head: the objective's loss per row
+            loss, _ = self.score_rows(model, dataset, batch_size=self.args.eval_batch_size, pad_token_id=int(collator.pad_token_id))
+            metrics = {f"{metric_key_prefix}_loss": loss}
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
         result = evaluate_loss(
             model, dataset, pad_token_id=int(collator.pad_token_id), batch_size=self.args.eval_batch_size,
             trained_logits_only=self.trained_logits_only,
