@@ -380,3 +380,17 @@ def test_streamed_rows_need_the_labels_given(tiny_llama: Path, tmp_path: Path):
     tuner = Tuner(model=str(tiny_llama), strategy="head", objective={"name": "classify", "labels": ["food", "sport"]},
                   output_dir=str(tmp_path / "b"), training=training)
     assert tuner.fit(stream).steps == 2
+
+
+@pytest.mark.parametrize("quantizer", ["bnb-8bit", "bnb-4bit"])
+def test_lora_classifier_trains_on_a_quantized_base_and_reloads(quantizer: str, tiny_llama: Path, tmp_path: Path):
+    rows = single_rows(["sport", "food"], n=16)
+    tuner = Tuner(model=str(tiny_llama), strategy="lora", quantizer=quantizer, objective="classify",
+                  output_dir=str(tmp_path / "run"), training=quick(max_steps=20, learning_rate=5e-3))
+    before = tuner.evaluate(rows, metrics=["loss", "accuracy"])
+    result = tuner.fit(rows, rows, metrics=["loss", "accuracy"])
+    assert result.eval_loss < before.loss
+    assert result.eval_metrics["accuracy"] > 0.5
+    again = Tuner.load(tmp_path / "run")
+    assert again.config.quantizer.name == quantizer
+    assert again.predict([rows[0]["text"]])[0].label == tuner.predict([rows[0]["text"]])[0].label
