@@ -14,12 +14,15 @@ cross-entropy with ``multi_label`` (each row's ``label`` then is a list of label
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from tunekit.data.pipeline import is_stream
 from tunekit.errors import ConfigError, DataError, Problem
 from tunekit.parts import ClassOutputs, PartOptions
 
@@ -52,20 +55,11 @@ class ClassifyOptions(PartOptions):
     )
 
 
-def _is_stream(rows: Any) -> bool:
-    """A ``datasets.IterableDataset``: mapped lazily, with no length and no column access."""
-    return type(rows).__name__ == "IterableDataset" and type(rows).__module__.startswith("datasets")
-
-
-def _label_key(value: Any) -> str:
-    return str(value)
-
-
 def _sorted_labels(values: set[Any]) -> list[str]:
     """Sorted label names: numbers numerically (so 0..n-1 keep their ids), else as text."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return [_label_key(v) for v in sorted(values)]
-    return sorted({_label_key(v) for v in values})
+        return [str(v) for v in sorted(values)]
+    return sorted({str(v) for v in values})
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,7 @@ class ClassifyObjective:
         resolved from the rows' counts (when ``training``); a ``DataError`` for a single class, or for a
         label outside a given label set."""
         o = self.options
-        if _is_stream(rows):  # a stream is read once, by training: its labels cannot be counted first
+        if is_stream(rows):  # a stream is read once, by training: its labels cannot be counted first
             if not o.labels or o.class_weights == "balanced":
                 raise ConfigError([Problem("objective.labels", (
                     "the training rows are a stream, whose labels cannot be read before training; give the labels "
@@ -156,7 +150,7 @@ class ClassifyObjective:
         for i, value in enumerate(rows["label"]):
             items = self._row_labels(value, f"training row {i}")
             seen.update(items)
-            counts.update({_label_key(v) for v in items})
+            counts.update({str(v) for v in items})
         labels = list(o.labels) if o.labels else _sorted_labels(seen)
         unknown = sorted(set(counts) - set(labels))
         if unknown:
@@ -212,7 +206,7 @@ class ClassifyObjective:
             ids = self._encode(tokenizer, b["text"], b.get("text_pair"), max_length)
             targets: list[Any] = []
             for value, i in zip(b["label"], indices, strict=True):
-                items = [_label_key(v) for v in self._row_labels(value, f"row {i}")]
+                items = [str(v) for v in self._row_labels(value, f"row {i}")]
                 missing = [v for v in items if v not in index]
                 if missing:
                     raise DataError(
@@ -225,7 +219,7 @@ class ClassifyObjective:
                     targets.append(index[items[0]])
             return {"input_ids": ids, "labels": targets, "length": [len(x) for x in ids], "row": indices}
 
-        if _is_stream(rows):
+        if is_stream(rows):
             return rows.map(batch, batched=True, with_indices=True, remove_columns=list(rows.column_names or []))
         return rows.map(batch, batched=True, with_indices=True, remove_columns=rows.column_names, desc="tokenizing (classify)")
 
@@ -267,27 +261,17 @@ class ClassifyObjective:
 
     def evaluate_rows(self, model: torch.nn.Module, tokenized: Dataset, *, batch_size: int = 8, pad_token_id: int = 0) -> tuple[float, ClassOutputs]:
         """Mean loss per row (per row and class with ``multi_label``) and the head's logits on ``tokenized``."""
-        import torch
-
         collate = ClassBatches(pad_token_id=pad_token_id, multi_label=self.options.multi_label)
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         total, items, logits_out, references = 0.0, 0, [], []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(tokenized), batch_size):
-                    rows = [tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))]
-                    batch = {k: v.to(device) for k, v in collate(rows).items()}
-                    loss, logits = self._loss_and_logits(model, batch, reduction="sum")
-                    total += float(loss)
-                    items += int(batch["labels"].numel())
-                    logits_out += logits.cpu().tolist()
-                    for row in rows:
-                        label = row["labels"]
-                        references.append([j for j, v in enumerate(label) if v > 0.5] if self.options.multi_label else [int(label)])
-        finally:
-            model.train(was_training)
+        features = (tokenized[i] for i in range(len(tokenized)))
+        for rows, batch in in_eval_batches(model, features, collate, batch_size):
+            loss, logits = self._loss_and_logits(model, batch, reduction="sum")
+            total += float(loss)
+            items += int(batch["labels"].numel())
+            logits_out += logits.cpu().tolist()
+            for row in rows:
+                label = row["labels"]
+                references.append([j for j, v in enumerate(label) if v > 0.5] if self.options.multi_label else [int(label)])
         mean = total / items if items else float("nan")
         return mean, ClassOutputs(self.labels, logits_out, references, multi_label=self.options.multi_label)
 
@@ -307,26 +291,35 @@ class ClassifyObjective:
         labels = self.labels
         ids = self._encode(tokenizer, list(texts), list(text_pairs) if text_pairs is not None else None, max_length) if texts else []
         collate = ClassBatches(pad_token_id=int(tokenizer.pad_token_id), multi_label=self.options.multi_label)
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         out: list[Prediction] = []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(ids), batch_size):
-                    chunk = [{"input_ids": x} for x in ids[start : start + batch_size]]
-                    batch = {k: v.to(device) for k, v in collate(chunk).items()}
-                    logits = model(**batch).logits.float()
-                    probs = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
-                    for row in probs.cpu().tolist():
-                        probabilities = {label: float(p) for label, p in zip(labels, row, strict=True)}
-                        if self.options.multi_label:
-                            out.append(Prediction([c for c, p in probabilities.items() if p > 0.5], probabilities))
-                        else:
-                            out.append(Prediction(max(probabilities, key=probabilities.__getitem__), probabilities))
-        finally:
-            model.train(was_training)
+        for _, batch in in_eval_batches(model, ({"input_ids": x} for x in ids), collate, batch_size):
+            logits = model(**batch).logits.float()
+            probs = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
+            for row in probs.cpu().tolist():
+                probabilities = {label: float(p) for label, p in zip(labels, row, strict=True)}
+                if self.options.multi_label:
+                    out.append(Prediction([c for c, p in probabilities.items() if p > 0.5], probabilities))
+                else:
+                    out.append(Prediction(max(probabilities, key=probabilities.__getitem__), probabilities))
         return out
+
+
+def in_eval_batches(
+    model: torch.nn.Module, features: Iterator[dict[str, Any]], collate: ClassBatches, batch_size: int,
+) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """``(rows, batch on the model's device)`` for every ``batch_size`` features, with the model in eval
+    mode and gradients off; the model's mode is restored afterwards (also on an error)."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            while rows := list(itertools.islice(features, batch_size)):
+                yield rows, {k: v.to(device) for k, v in collate(rows).items()}
+    finally:
+        model.train(was_training)
 
 
 @dataclass

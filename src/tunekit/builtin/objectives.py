@@ -10,6 +10,7 @@ from pydantic import Field
 
 from tunekit.data.chat import AnswerSpan, adds_special_tokens, answer_spans, eos_id, render_chat, special_ids
 from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
+from tunekit.data.pipeline import is_stream
 from tunekit.errors import DataError
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions
@@ -65,7 +66,7 @@ class SFTObjective:
             # ``row``: the row's index in ``rows``, so preflight can name a row after others were dropped.
             return {"input_ids": ids, "labels": labels, "length": len(ids), "truncated": truncated, "row": index}
 
-        if _is_stream(rows):  # tokenized as training reads it: rows with nothing to train are skipped there
+        if is_stream(rows):  # tokenized as training reads it: rows with nothing to train are skipped there
             streamed = rows.map(one, with_indices=True, remove_columns=rows.column_names)
             return streamed.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"])).remove_columns(["truncated"])
         out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc="tokenizing (sft)")
@@ -210,7 +211,7 @@ class CausalLMObjective:
             return {"input_ids": chunks, "labels": [list(c) for c in chunks], "length": [len(c) for c in chunks]}
 
         # With packing, one map batch is one stream; a large batch keeps blocks full.
-        if _is_stream(rows):
+        if is_stream(rows):
             return rows.map(blocks, batched=True, batch_size=1000, remove_columns=rows.column_names)
         return rows.map(
             blocks, batched=True, batch_size=1000, remove_columns=rows.column_names, desc="tokenizing (causal-lm)"
@@ -220,10 +221,6 @@ class CausalLMObjective:
         """Blocks padded per batch (only a stream's last block is short)."""
         return PadPerBatch(pad_token_id=int(tokenizer.pad_token_id))
 
-
-def _is_stream(rows: Any) -> bool:
-    """A ``datasets.IterableDataset``: mapped lazily, with no length and no column access."""
-    return type(rows).__name__ == "IterableDataset" and type(rows).__module__.startswith("datasets")
 
 
 def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
