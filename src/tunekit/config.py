@@ -36,6 +36,9 @@ from pydantic import (
 
 from tunekit.errors import ConfigError, Problem, UnknownPartError
 
+MAX_CPU_THREADS = 1024
+"""The most ``training.cpu_threads`` accepts."""
+
 # Floats must be finite: epochs=inf would train forever, and nan compares false with every bound.
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -334,6 +337,8 @@ class TrainingOptions(BaseModel):
     def _no_bool_threads(cls, value: Any) -> Any:
         if isinstance(value, bool):  # pydantic would read True as 1 thread
             raise ValueError("give a number of threads, 'auto' or null, not a boolean")
+        if isinstance(value, int) and value > MAX_CPU_THREADS:  # torch would try to start them all
+            raise ValueError(f"{value} threads is past any machine's cores; give at most {MAX_CPU_THREADS}, or 'auto'")
         return value
 
     @model_validator(mode="after")
