@@ -149,6 +149,12 @@ def prompts_and_references(rows: Dataset, row_format: str) -> tuple[list[Any], l
     """The prompt (text, or the messages before the answer) and reference answer of every sft row."""
     if row_format == "prompt_completion":
         return list(rows["prompt"]), list(rows["completion"])
+    if row_format == "preference":  # the preferred answer is the reference
+        return list(rows["prompt"]), list(rows["chosen"])
+    if row_format == "prompt" and "reference" in rows.column_names:
+        if any(r is None for r in rows["reference"]):
+            raise DataError("generation metrics compare with a reference answer, and some prompt rows have none ('reference' is empty).")
+        return list(rows["prompt"]), list(rows["reference"])
     if row_format == "chat":
         prompts: list[Any] = []
         references: list[str] = []
@@ -304,10 +310,14 @@ def evaluate(
     ``max_new_tokens`` defaults to :func:`answer_budget`.
     """
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    from tunekit.parts import ClassOutputs, PairScores
+
     score_rows = getattr(objective, "evaluate_rows", None)
-    classes = None
-    if callable(score_rows):  # a classification head: its loss and logits, no generation
-        loss, classes = score_rows(model, tokenized, batch_size=batch_size, pad_token_id=pad)
+    classes = preferences = None
+    if callable(score_rows):  # a classification head's logits, preference pairs' scores: the objective's own loss
+        loss, scores = score_rows(model, tokenized, batch_size=batch_size, pad_token_id=pad)
+        classes = scores if isinstance(scores, ClassOutputs) else None
+        preferences = scores if isinstance(scores, PairScores) else None
         ppl = math.exp(min(loss, 700.0)) if not math.isnan(loss) else float("nan")
         base = EvalResult(loss=loss, perplexity=ppl, tokens=0, rows=len(tokenized), metrics={"loss": loss, "perplexity": ppl})
     else:
@@ -320,6 +330,10 @@ def evaluate(
             f"the metrics {needing} are computed from a classification head's logits; they need a run with "
             "objective='classify' and rows with 'text' and 'label' columns."
         )
+    if preferences is None and any(m.needs == "pairs" for m in metrics):
+        needing = [m.name for m in metrics if m.needs == "pairs"]
+        raise DataError(f"the metrics {needing} compare each pair's chosen and rejected answers; they need rows with "
+                        "'prompt', 'chosen' and 'rejected' columns.")
     if classes is None and any(m.needs == "generation" for m in metrics):
         prompts, references = prompts_and_references(rows, row_format)
         budget = max_new_tokens if max_new_tokens is not None else answer_budget(tokenizer, references)
@@ -329,7 +343,7 @@ def evaluate(
         generations = [
             Generation(prompt=p, reference=r, prediction=a) for p, r, a in zip(prompts, references, predictions, strict=True)
         ]
-    inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references, classes)
+    inputs = MetricInputs(base.loss, base.tokens, len(rows), predictions, references, classes, preferences)
     values = {m.name: float(m.metric.compute(inputs)) for m in metrics}
     reports = {m.name: m.metric.report(inputs) for m in metrics if callable(getattr(m.metric, "report", None))}
     return base.model_copy(update={"metrics": values, "generations": generations, "reports": reports})

@@ -70,6 +70,57 @@ class ClassOutputs:
 
 
 @dataclass(frozen=True)
+class PairScores:
+    """A model's scores of the two answers of preference pairs (``prompt``/``chosen``/``rejected`` rows).
+
+    ``chosen[i]`` and ``rejected[i]`` are pair i's scores: the summed log-probability of each answer
+    under a language model, or a reward model's reward. ``accuracy()`` is the share of pairs that
+    score the chosen answer higher (a tie counts half).
+
+    >>> PairScores([-1.0, -5.0], [-2.0, -3.0]).accuracy()
+    0.5
+    """
+
+    chosen: list[float]
+    rejected: list[float]
+
+    def accuracy(self) -> float:
+        """The share of pairs whose chosen answer scores higher (``nan`` without pairs)."""
+        if not self.chosen:
+            return float("nan")
+        won = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(self.chosen, self.rejected, strict=True))
+        return won / len(self.chosen)
+
+    def margin(self) -> float:
+        """The mean of chosen minus rejected score (``nan`` without pairs)."""
+        if not self.chosen:
+            return float("nan")
+        return sum(c - r for c, r in zip(self.chosen, self.rejected, strict=True)) / len(self.chosen)
+
+    def headline(self) -> dict[str, float]:
+        """What an evaluation during training logs beside the loss."""
+        return {"preference_accuracy": self.accuracy(), "preference_margin": self.margin()}
+
+
+@dataclass(frozen=True)
+class TrainerPlan:
+    """The trainer an objective trains with instead of tunekit's cross-entropy one (``Objective.trainer``).
+
+    ``trainer`` is a ``transformers.Trainer`` subclass (trl's ``DPOTrainer``, ``GRPOTrainer``...) and
+    ``arguments`` its ``TrainingArguments`` subclass (``DPOConfig``...). tunekit builds the arguments from
+    ``training.*`` plus ``settings`` (the objective's own: ``beta``, ``loss_type``...), mixes its staged
+    checkpoints and evaluation into the trainer class, and passes ``trainer_kwargs`` (``reward_funcs``...)
+    to it. ``logged`` names the trainer's log keys a run records beside the loss (``rewards/margins``...).
+    """
+
+    trainer: type[Any]
+    arguments: type[Any]
+    settings: dict[str, Any]
+    trainer_kwargs: dict[str, Any]
+    logged: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class MetricInputs:
     """What a metric is computed from.
 
@@ -86,6 +137,7 @@ class MetricInputs:
     predictions: list[str] | None = None
     references: list[str] | None = None
     classes: ClassOutputs | None = None
+    preferences: PairScores | None = None
 
     def pairs(self, metric: str) -> list[tuple[str, str]]:
         """``(prediction, reference)`` per row, or a ``DataError`` when nothing was generated."""
@@ -101,6 +153,15 @@ class MetricInputs:
                 "objective='classify' on rows with 'text' and 'label' columns."
             )
         return self.classes
+
+    def pair_scores(self, metric: str) -> PairScores:
+        """The preference pairs' scores, or a ``DataError`` when the rows were not preference pairs."""
+        if self.preferences is None:
+            raise DataError(
+                f"metric {metric!r} compares the scores of each pair's chosen and rejected answers; evaluate rows "
+                "with 'prompt', 'chosen' and 'rejected' columns."
+            )
+        return self.preferences
 
 
 class PartOptions(BaseModel):
@@ -213,9 +274,12 @@ class Objective(Part, Protocol):
     - ``options_from_rows(rows, *, training) -> dict``: the objective's options completed from the
       rows (e.g. the label set read from the training data), called before the model is loaded;
       the result is saved in the run's config, so a reload builds the same model.
-    - ``evaluate_rows(model, tokenized, *, batch_size) -> (loss, ClassOutputs)``: score tokenized
-      rows without generation (the mean loss per row, and what the metrics read).
+    - ``evaluate_rows(model, tokenized, *, batch_size, pad_token_id) -> (loss, scores)``: score tokenized
+      rows without generation: the loss, and what the metrics read (a :class:`ClassOutputs` of a
+      classification head, the :class:`PairScores` of preference pairs).
     - ``predict(model, tokenizer, texts) -> list``: what ``Tuner.predict`` returns.
+    - ``trainer(model, tokenizer) -> TrainerPlan``: train with another trainer (trl's DPO, KTO, GRPO, reward
+      trainers) instead of tunekit's cross-entropy one; see :class:`TrainerPlan`.
     """
 
     def __init__(self, options: Any) -> None: ...
@@ -250,7 +314,8 @@ class Metric(Part, Protocol):
 
     ``needs`` says what the evaluator must compute for it: ``"loss"`` (the token-weighted
     loss of the rows), ``"generation"`` (the model's greedy answer to each ``sft`` row,
-    next to the row's reference answer) or ``"logits"`` (a classification head's scores on
+    next to the row's reference answer), ``"pairs"`` (the scores of preference pairs' chosen and rejected
+    answers, in ``MetricInputs.preferences``) or ``"logits"`` (a classification head's scores on
     ``classify`` rows, in ``MetricInputs.classes``; computed for any classification rows, so a
     label metric such as ``accuracy`` reads them there instead of generating).
     ``higher_is_better`` tells reports which way is up. An optional ``report(inputs) -> dict``

@@ -13,6 +13,9 @@ class LogPoint(BaseModel):
     step: int
     loss: float
     learning_rate: float | None = None
+    figures: dict[str, float] = Field(default_factory=dict, description=(
+        "What the objective's trainer logged beside the loss at this step: reward mean/std and KL for grpo, "
+        "chosen/rejected rewards, margins and accuracy for dpo (trl's names, e.g. 'rewards/margins')."))
 
 
 class EvalPoint(BaseModel):
@@ -99,6 +102,9 @@ class FitResult(BaseModel):
     base_eval_generations: list[Generation] = Field(
         default_factory=list, description="With fit(..., baseline=True): the untrained model's answers, when a metric needed them."
     )
+    train_figures: dict[str, float] = Field(default_factory=dict, description=(
+        "The objective's own training figures (LogPoint.figures) at the last step that logged them: reward "
+        "mean/std and KL for grpo, reward margins and accuracy for dpo."))
     loss_history: list[LogPoint] = Field(default_factory=list)
     eval_history: list[EvalPoint] = Field(default_factory=list)
     tokens_seen: int = Field(description="Non-padding tokens fed to the model during training (all processes).")
@@ -125,6 +131,7 @@ class FitResult(BaseModel):
             f"steps {self.steps}, final train loss {self.train_loss:.4f}"
             + (f", eval loss {self.eval_loss:.4f} (ppl {self.eval_perplexity:.2f})" if self.eval_loss is not None else "")
             + "".join(f", {k} {v:.4f}" for k, v in self.eval_metrics.items() if k not in {"loss", "perplexity"}),
+            *([", ".join(f"{k} {v:.4f}" for k, v in self.train_figures.items())] if self.train_figures else []),
             f"{self.tokens_seen:,} tokens in {self.wall_time_s:.1f}s ({self.tokens_per_second:,.0f} tok/s), "
             f"peak memory {self.peak_memory_bytes / 2**20:,.0f} MiB ({self.peak_memory_kind})",
             f"output: {self.output_dir}",

@@ -265,12 +265,14 @@ class Tuner:
         self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, flags, raw=data.rows.train)
         if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
+        trainer = getattr(data.objective, "trainer", None)  # an objective trained by trl's machinery says which
         return FitPlan(
             config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
             learning_rate=self.config.training.learning_rate or self.strategy.default_learning_rate,
             precision=self.precision, collator=collator_for(data.objective, self.tokenizer),
             loss=getattr(data.objective, "loss", None),  # what the objective needs from training is asked of it
             score_rows=getattr(data.objective, "evaluate_rows", None),
+            trainer=trainer(self.model, self.tokenizer) if callable(trainer) else None,
         )
 
     def _fit_hooks(self) -> FitHooks:

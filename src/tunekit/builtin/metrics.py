@@ -313,10 +313,35 @@ class ConfusionMatrixMetric(_ClassMetric):
         return confusion_matrix(inputs.class_outputs(self.name))
 
 
+class PreferenceAccuracyMetric:
+    """Share of preference pairs whose chosen answer the model scores higher than the rejected one.
+
+    A language model scores an answer by its summed log-probability given the prompt (so it needs no
+    reference model and measures a base model as well as a DPO-tuned one); a reward model by its reward.
+    A tie counts half.
+    """
+
+    name: ClassVar[str] = "preference_accuracy"
+    description: ClassVar[str] = "Share of pairs whose chosen answer scores higher than the rejected one (log-prob or reward)."
+    Options: ClassVar[type[NoOptions]] = NoOptions
+    needs: ClassVar[str] = "pairs"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, options: NoOptions):
+        self.options = options
+
+    def compute(self, inputs: MetricInputs) -> float:
+        return inputs.pair_scores(self.name).accuracy()
+
+    def report(self, inputs: MetricInputs) -> dict[str, Any]:
+        scores = inputs.pair_scores(self.name)
+        return {"pairs": len(scores.chosen), "mean_margin": scores.margin()}
+
+
 @hookimpl
 def register_metrics(register: Register) -> None:
     for metric in (
         LossMetric, PerplexityMetric, ExactMatchMetric, AccuracyMetric, F1Metric,
-        MicroF1Metric, PrecisionMetric, RecallMetric, ConfusionMatrixMetric,
+        MicroF1Metric, PrecisionMetric, RecallMetric, ConfusionMatrixMetric, PreferenceAccuracyMetric,
     ):
         register(metric)

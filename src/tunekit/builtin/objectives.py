@@ -49,9 +49,11 @@ class SFTObjective:
         self.options = options
 
     def accepts(self, row_format: str) -> bool:
-        return row_format in {"prompt_completion", "chat"}
+        return row_format in {"prompt_completion", "chat", "preference"}
 
     def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
+        if "chosen" in rows.column_names:  # preference pairs: sft trains on the preferred answer
+            rows = rows.map(_chosen_as_answer, remove_columns=rows.column_names)
         eos = eos_id(tokenizer)
         chat = "messages" in rows.column_names
         specials = special_ids(tokenizer)
@@ -132,6 +134,13 @@ class SFTObjective:
         if self.options.append_eos and not closed:
             ids, labels = [*ids, eos], [*labels, eos]
         return ids, labels
+
+
+def _chosen_as_answer(row: dict[str, Any]) -> dict[str, Any]:
+    """A preference pair as the sft row of its chosen answer (a chat row when the prompt is chat messages)."""
+    if isinstance(row["prompt"], list):
+        return {"messages": [*row["prompt"], {"role": "assistant", "content": row["chosen"]}]}
+    return {"prompt": row["prompt"], "completion": row["chosen"]}
 
 
 def _label_spans(enc: Any, spans: list[AnswerSpan], specials: set[int]) -> tuple[list[int], list[int], bool]:
@@ -238,7 +247,9 @@ def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> lis
 @hookimpl
 def register_objectives(register: Register) -> None:
     from tunekit.builtin.classify import ClassifyObjective
+    from tunekit.builtin.preference import DPOObjective
 
     register(SFTObjective)
     register(CausalLMObjective)
     register(ClassifyObjective)
+    register(DPOObjective)

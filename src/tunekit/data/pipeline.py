@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PreparedRows:
-    """Rows in a canonical format (``text``, ``prompt_completion`` or ``chat``)."""
+    """Rows in a canonical format (``text``, ``prompt_completion``, ``chat``, ``classification``, ``preference``
+    or ``prompt``: see :mod:`tunekit.data.rows`)."""
 
     format: str
     train: Dataset
@@ -130,6 +131,8 @@ def _normalise(rows: Any, options: DataOptions, where: str, wrap_prompts: bool) 
         fmt, rows = normalise_rows(rows, options.columns, where=where)
     if fmt == "prompt_completion" and wrap_prompts:
         return "chat", wrap_as_chat(rows)
+    if fmt in {"preference", "prompt"} and wrap_prompts:  # the prompt is asked as a user turn, as at inference
+        return fmt, rows.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]})
     if fmt == "prompt_completion" and "system" in (rows.column_names or []):
         log.warning(
             "%s has a 'system' column, which only a chat template can place; with data.chat_template='never' "
@@ -183,6 +186,11 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
             rows = rows.rename_columns(renames)
             names = [renames.get(n, n) for n in names]
     fmt = detect_format(names)
+    if fmt in {"preference", "prompt"}:
+        raise DataError(
+            f"{where} is a stream of {fmt} rows; tunekit reads {fmt} rows as a dataset it can count. Load it without "
+            "streaming (a datasets.Dataset, or streaming: false)."
+        )
     keep = {
         "chat": ["messages"], "prompt_completion": ["prompt", "completion"] + (["system"] if "system" in names else []),
         "instruction": [n for n in ("instruction", "input", "output") if n in names], "text": ["text"],
@@ -206,6 +214,8 @@ def choose_objective(spec_name: str | None, row_format: str) -> str:
     ``objective='classify'``, since it changes the model that is loaded)."""
     if spec_name is not None:
         return spec_name
+    if row_format == "preference":
+        return "dpo"
     return "causal-lm" if row_format in {"text", "classification"} else "sft"
 
 

@@ -7,7 +7,12 @@ Recognised formats (after ``data.columns`` renames):
 - instruction rows ``{"instruction", "input" (optional), "output"}``, turned into prompt/completion;
 - ``chat``: ``{"messages": [{"role", "content"}, ...]}``, rendered with the chat template;
 - ``classification``: ``{"text", "label"}`` and optionally ``"text_pair"``, for the ``classify``
-  objective (``causal-lm`` trains on their text alone, as on ``text`` rows).
+  objective (``causal-lm`` trains on their text alone, as on ``text`` rows);
+- ``preference``: ``{"prompt", "chosen", "rejected"}``, two answers to one prompt, the better one
+  first (``dpo``, ``reward-model``). The prompt is a text or a list of chat messages; the answers are
+  texts or one assistant message each. Chat pairs may also give ``chosen`` and ``rejected`` as two
+  whole conversations that share their history and differ in the last assistant turn.
+- ``prompt``: ``{"prompt"}`` and optionally ``"reference"``, prompts to answer (``grpo``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 FORMATS_HELP = (
     "{'text'} for raw text; {'text', 'label'} (and optionally 'text_pair') for classification; "
     "{'prompt', 'completion'}; {'instruction', 'input', 'output'}; "
-    "or {'messages': [{'role', 'content'}, ...]} for chat"
+    "{'messages': [{'role', 'content'}, ...]} for chat; {'prompt', 'chosen', 'rejected'} for preference pairs; "
+    "or {'prompt'} (and optionally 'reference') for prompts to answer"
 )
 
 
@@ -34,6 +40,8 @@ def detect_format(columns: list[str]) -> str:
     cols = set(columns)
     if "messages" in cols:
         return "chat"
+    if {"chosen", "rejected"} <= cols:
+        return "preference"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     if {"instruction", "output"} <= cols:
@@ -42,6 +50,8 @@ def detect_format(columns: list[str]) -> str:
         return "classification"
     if "text" in cols:
         return "text"
+    if "prompt" in cols:
+        return "prompt"
     raise DataError(
         f"the data's columns {sorted(cols)} fit no row format tunekit knows. Accepted: "
         f"{FORMATS_HELP}. Rename columns with data.columns, e.g. "
@@ -82,6 +92,16 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         if renames:
             rows = rows.rename_columns(renames)
     fmt = detect_format(rows.column_names)
+    if fmt == "preference":
+        return fmt, _preference_rows(rows, where)
+    if fmt == "prompt":
+        has_reference = "reference" in rows.column_names
+        rows = rows.select_columns(["prompt"] + (["reference"] if has_reference else []))
+        for i, row in enumerate(rows):
+            _check_prompt(row["prompt"], f"{where} row {i}, column 'prompt'")
+            if has_reference and row["reference"] is not None:
+                _check_str(row["reference"], f"{where} row {i}, column 'reference'")
+        return fmt, rows
     if fmt == "chat":
         rows = rows.select_columns(["messages"])
         for i, row in enumerate(rows):
@@ -120,6 +140,63 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         if system and row["system"] is not None:
             _check_str(row["system"], f"{where} row {i}, column 'system'")
     return fmt, rows
+
+
+def _preference_rows(rows: Dataset, where: str) -> Dataset:
+    """Preference rows as ``{"prompt", "chosen", "rejected"}``: the prompt a text or chat messages, the two answers texts."""
+    has_prompt = "prompt" in rows.column_names
+
+    def one(row: dict[str, Any], index: int) -> dict[str, Any]:
+        at = f"{where} row {index}"
+        chosen, rejected = row["chosen"], row["rejected"]
+        prompt = row["prompt"] if has_prompt else None
+        if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
+            prompt, chosen, rejected = _split_conversations(chosen, rejected, at)
+        if prompt is None:
+            raise DataError(
+                f"{at} has no prompt: give a 'prompt' column, or give 'chosen' and 'rejected' as two whole "
+                "conversations that share their history."
+            )
+        _check_prompt(prompt, f"{at}, column 'prompt'")
+        return {"prompt": prompt, "chosen": _answer(chosen, f"{at}, column 'chosen'"),
+                "rejected": _answer(rejected, f"{at}, column 'rejected'")}
+
+    return rows.map(one, with_indices=True, remove_columns=rows.column_names)
+
+
+def _split_conversations(chosen: list[Any], rejected: list[Any], where: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """The shared history of two conversations, and the last assistant turn that differs."""
+    _check_messages(chosen, f"{where}, column 'chosen'")
+    _check_messages(rejected, f"{where}, column 'rejected'")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0 or len(chosen) != shared + 1 or len(rejected) != shared + 1:
+        raise DataError(
+            f"{where}: 'chosen' and 'rejected' must be two conversations with the same history that differ in "
+            "their last message (one assistant turn each); or give the history as 'prompt' and the two answers apart."
+        )
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _answer(value: Any, where: str) -> str:
+    """An answer given as a text, or as one assistant message (a mapping, or a list holding one)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, Mapping):
+        if value.get("role") != "assistant" or "content" not in value:
+            raise DataError(f"{where}: an answer given as a message must be one {{'role': 'assistant', 'content': ...}}.")
+        value = value["content"]
+    _check_str(value, where)
+    return str(value)
+
+
+def _check_prompt(value: Any, where: str) -> None:
+    """A prompt is a text, or chat messages (that do not end with the answer)."""
+    if isinstance(value, list):
+        _check_messages(value, where)
+    else:
+        _check_str(value, where)
 
 
 def check_row(fmt: str, row: dict[str, Any], where: str) -> dict[str, Any]:

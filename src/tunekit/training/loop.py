@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from tunekit.config import TrainingOptions
+    from tunekit.parts import TrainerPlan
     from tunekit.training.precision import Precision
 
 
@@ -47,7 +48,7 @@ class TrainOutcome:
     """With early stopping: the step of the best eval loss, whose checkpoint was restored."""
 
 
-def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: bool) -> list[Any]:
+def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: bool, logged: tuple[str, ...] = ()) -> list[Any]:
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -57,8 +58,9 @@ def _callbacks(outcome: TrainOutcome, on_log: Any, on_evaluate: Any, progress: b
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             logs = logs or {}
             if "loss" in logs:
+                figures = {k: float(logs[k]) for k in logged if isinstance(logs.get(k), (int, float))}
                 outcome.loss_history.append(
-                    LogPoint(step=state.global_step, loss=float(logs["loss"]), learning_rate=logs.get("learning_rate"))
+                    LogPoint(step=state.global_step, loss=float(logs["loss"]), learning_rate=logs.get("learning_rate"), figures=figures)
                 )
             if "eval_loss" in logs:
                 outcome.eval_history.append(EvalPoint(step=state.global_step, loss=float(logs["eval_loss"])))
@@ -125,13 +127,15 @@ def train(
     score_rows: Any = None,
     final_evaluation: Any = None,
     parameters: tuple[int, int] = (0, 0),
+    trainer_plan: TrainerPlan | None = None,
 ) -> TrainOutcome:
     """Train ``model`` on tokenized rows with transformers' Trainer and return what was measured.
 
     ``collator`` batches the rows: the objective's own (``tunekit.data.collate.collator_for(objective, tokenizer)``);
     without one, rows are padded per batch. ``final_evaluation`` (a callable returning an ``EvalResult``) runs
     when training ends, after early stopping restored the best checkpoint and before the trackers close, so
-    they get its figures too; ``parameters`` (trainable, total) are logged with them.
+    they get its figures too; ``parameters`` (trainable, total) are logged with them. ``trainer_plan`` (the
+    objective's ``trainer()``) trains with another trainer class (trl's) and its arguments instead of tunekit's.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -153,7 +157,7 @@ def train(
         # Grouping sorts rows by length, which needs them all; a stream is read in its own order.
         log.info("tunekit: training.group_by_length does not apply to a stream; its rows are batched in the order read.")
         group_by_length = False
-    args = TrainingArguments(
+    arguments = dict(
         output_dir=output_dir,
         per_device_train_batch_size=o.batch_size,
         per_device_eval_batch_size=o.batch_size,
@@ -197,14 +201,19 @@ def train(
     )
     outcome = TrainOutcome(steps=0, mean_loss=float("nan"))
     interrupt = InterruptCallback()
-    trainer = TunekitTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        data_collator=collator if collator is not None else PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
-        callbacks=[*_callbacks(outcome, on_log, on_evaluate, o.progress_bar), interrupt],
-    )
+    callbacks = [*_callbacks(outcome, on_log, on_evaluate, o.progress_bar, trainer_plan.logged if trainer_plan else ()), interrupt]
+    if trainer_plan is None:
+        args = TrainingArguments(**arguments)
+        trainer = TunekitTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            data_collator=collator if collator is not None else PadPerBatch(pad_token_id=int(tokenizer.pad_token_id)),
+            callbacks=callbacks,
+        )
+    else:
+        args, trainer = _plan_trainer(trainer_plan, arguments, model, tokenizer, train_rows, eval_rows, callbacks)
     from transformers import EarlyStoppingCallback
 
     if o.early_stopping is not None:
@@ -217,6 +226,7 @@ def train(
     trainer.run_fingerprint = fingerprint
     trainer.objective_loss = loss  # the objective's own loss (Objective.loss), or None for tunekit's
     trainer.score_rows = score_rows  # the objective's own eval loss (Objective.evaluate_rows), or None
+    trainer.pad_token_id = int(tokenizer.pad_token_id)
     from tunekit.training.loss import use_trained_logits
 
     trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)
@@ -259,3 +269,22 @@ def train(
     outcome.world_size = int(args.world_size)
     outcome.effective_batch_size = int(args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps)
     return outcome
+
+
+def _plan_trainer(
+    plan: TrainerPlan, arguments: dict[str, Any], model: Any, tokenizer: Any, train_rows: Any, eval_rows: Any, callbacks: list[Any]
+) -> tuple[Any, Any]:
+    """The arguments and the trainer of an objective that trains with its own trainer class (trl's)."""
+    from tunekit.training.trainer import with_tunekit
+
+    clash = sorted(set(plan.settings) & set(arguments))
+    if clash:  # an objective may not silently override what training.* decides
+        raise ConfigError([Problem("objective", f"the objective's trainer settings {clash} are set by training.* already")])
+    # trl's configs default to gradient checkpointing on and bf16 on; the explicit activation_checkpointing, bf16 and
+    # fp16 above (training.*, the hardware) win over them (TrainingArguments reads the old name only when the new is unset).
+    args = plan.arguments(**arguments, **plan.settings)
+    trainer = with_tunekit(plan.trainer)(
+        model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
+        callbacks=callbacks, **plan.trainer_kwargs,
+    )
+    return args, trainer

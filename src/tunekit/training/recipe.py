@@ -59,6 +59,8 @@ class FitPlan:
     """The objective's own training loss (``Objective.loss``), or None for tunekit's cross-entropy."""
     score_rows: Any = None
     """The objective's own scoring of eval rows (``Objective.evaluate_rows``), or None for tunekit's eval loss."""
+    trainer: Any = None
+    """The objective's own trainer (``Objective.trainer``, a :class:`tunekit.parts.TrainerPlan`), or None for tunekit's."""
 
 
 @dataclass
@@ -132,6 +134,7 @@ def train_run(
                 collator=plan.collator,
                 loss=plan.loss,
                 score_rows=plan.score_rows,
+                trainer_plan=plan.trainer,
                 final_evaluation=evaluate,
                 parameters=(trainable, total),
             )
@@ -157,6 +160,7 @@ def train_run(
         eval_metrics=final.metrics if final else {},
         eval_generations=final.generations if final else [],
         eval_reports=final.reports if final else {},
+        train_figures=next((point.figures for point in reversed(outcome.loss_history) if point.figures), {}),
         loss_history=outcome.loss_history,
         eval_history=outcome.eval_history,
         tokens_seen=outcome.tokens_seen,

@@ -73,35 +73,24 @@ class InterruptCallback(TrainerCallback):  # type: ignore[misc]
     on_log = on_step_end
 
 
-class TunekitTrainer(Trainer):  # type: ignore[misc]
-    """``transformers.Trainer`` with staged checkpoints and a hard stop on a non-finite loss."""
+class StagedCheckpoints:
+    """What tunekit changes in any transformers ``Trainer``, tunekit's own or one of trl's (DPO, GRPO...).
+
+    Mixed in before the trainer class (:func:`with_tunekit`): staged checkpoints that never rotate
+    the best one away, a hard stop on a non-finite loss, and evaluation by the objective's own
+    measure (:meth:`evaluation_loop`), so the eval curve of every objective is the quantity
+    ``Tuner.evaluate`` reports.
+    """
 
     keep_checkpoints: int | None = None
-    trained_logits_only: bool = False
-    objective_loss: Any = None
-    """The objective's own ``loss(model, inputs, num_items_in_batch)``, when it has one (``Objective.loss``)."""
-    score_rows: Any = None
-    """The objective's own ``evaluate_rows(model, rows, batch_size=, pad_token_id=)``, when it has one: the eval loss."""
     run_fingerprint: dict[str, str] | None = None
     """Written into every checkpoint (:data:`tunekit.training.checkpoints.FINGERPRINT`) so a resume can check it."""
+    score_rows: Any = None
+    """The objective's own ``evaluate_rows(model, rows, batch_size=, pad_token_id=)``, when it has one: the eval loss."""
+    trained_logits_only: bool = False
     """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
-
-    def compute_loss(
-        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        if self.objective_loss is not None and model.training and not return_outputs:
-            loss = self.objective_loss(model, inputs, num_items_in_batch)
-        elif not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        else:
-            loss = trained_logits_loss(model, inputs, num_items_in_batch)
-        # Scaled as Trainer.compute_loss scales a model's own loss: divided by the items of the whole
-        # accumulated batch when the Trainer counted them (it does for models that take loss
-        # kwargs, and then does not divide by the accumulation steps again), and multiplied back by
-        # the processes whose token counts were summed into it.
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
-        return loss
+    pad_token_id: int | None = None
+    """The tokenizer's pad id, for tunekit's evaluation (trl's collators do not all carry it)."""
 
     def evaluation_loop(
         self, dataloader: Any, description: str, prediction_loss_only: bool | None = None, ignore_keys: Any = None,
@@ -113,33 +102,22 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         from tunekit.evaluation import evaluate_loss
 
         dataset = getattr(dataloader, "dataset", None)
-        collator = self.data_collator
+        pad = self.pad_token_id if self.pad_token_id is not None else getattr(self.data_collator, "pad_token_id", None)
         unprepared = (self.is_deepspeed_enabled and self.deepspeed is None) or (self.is_fsdp_enabled and not self.accelerator._models)
-        if dataset is None or not hasattr(collator, "pad_token_id") or unprepared:
+        if dataset is None or pad is None or unprepared:
             return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         # A sharded module (FSDP, ZeRO-3) gathers its weights in forward: use the wrapper, on every rank.
         model: Any = self.model_wrapped if (self.is_fsdp_enabled or self.is_deepspeed_enabled) else self.model
-        if self.score_rows is not None:  # e.g. a classification head: the objective's loss per row
-            loss, _ = self.score_rows(model, dataset, batch_size=self.args.eval_batch_size, pad_token_id=int(collator.pad_token_id))
-            metrics = {f"{metric_key_prefix}_loss": loss}
+        if self.score_rows is not None:  # a classification head, preference pairs: the objective's own measure
+            loss, scores = self.score_rows(model, dataset, batch_size=self.args.eval_batch_size, pad_token_id=int(pad))
+            metrics = {f"{metric_key_prefix}_loss": loss, **{f"{metric_key_prefix}_{k}": v for k, v in _headline(scores).items()}}
             return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
         result = evaluate_loss(
-            model, dataset, pad_token_id=int(collator.pad_token_id), batch_size=self.args.eval_batch_size,
+            model, dataset, pad_token_id=int(pad), batch_size=self.args.eval_batch_size,
             trained_logits_only=self.trained_logits_only,
         )
         metrics = {f"{metric_key_prefix}_loss": result.loss, f"{metric_key_prefix}_tokens": float(result.tokens)}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
-
-    def prediction_step(
-        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
-    ) -> Any:
-        """With only the loss wanted: the mean over the batch's trained tokens, by tunekit's loss."""
-        if not (prediction_loss_only and "labels" in inputs):
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = trained_logits_loss(model, inputs, skip_untrained=self.trained_logits_only)
-        return loss.detach(), None, None
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         loss: torch.Tensor = super().training_step(model, inputs, num_items_in_batch)
@@ -191,3 +169,57 @@ class TunekitTrainer(Trainer):  # type: ignore[misc]
         if staged.name == best or (real / best).is_dir():
             self.state.best_model_checkpoint = str(real / best)
             self.state.save_to_json(str(staged / "trainer_state.json"))
+
+
+def _headline(scores: Any) -> dict[str, float]:
+    """The figures an objective's eval scores log beside the loss (``headline()``, e.g. preference accuracy)."""
+    headline = getattr(scores, "headline", None)
+    return dict(headline()) if callable(headline) else {}
+
+
+class TunekitTrainer(StagedCheckpoints, Trainer):  # type: ignore[misc]
+    """``transformers.Trainer`` with tunekit's checkpoints and evaluation, trained on tunekit's cross-entropy
+    (over the trained positions only) or on the objective's own ``loss``."""
+
+    objective_loss: Any = None
+    """The objective's own ``loss(model, inputs, num_items_in_batch)``, when it has one (``Objective.loss``)."""
+
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if self.objective_loss is not None and model.training and not return_outputs:
+            loss = self.objective_loss(model, inputs, num_items_in_batch)
+        elif not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            loss = trained_logits_loss(model, inputs, num_items_in_batch)
+        # Scaled as Trainer.compute_loss scales a model's own loss: divided by the items of the whole
+        # accumulated batch when the Trainer counted them (it does for models that take loss
+        # kwargs, and then does not divide by the accumulation steps again), and multiplied back by
+        # the processes whose token counts were summed into it.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
+
+    def prediction_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> Any:
+        """With only the loss wanted: the mean over the batch's trained tokens, by tunekit's loss."""
+        if not (prediction_loss_only and "labels" in inputs):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = trained_logits_loss(model, inputs, skip_untrained=self.trained_logits_only)
+        return loss.detach(), None, None
+
+
+_MIXED: dict[type[Any], type[Any]] = {}
+
+
+def with_tunekit(trainer: type[Any]) -> type[Any]:
+    """``trainer`` (a ``transformers.Trainer`` subclass, e.g. trl's ``DPOTrainer``) with :class:`StagedCheckpoints` mixed in."""
+    if issubclass(trainer, StagedCheckpoints):
+        return trainer
+    if trainer not in _MIXED:
+        _MIXED[trainer] = type(f"Tunekit{trainer.__name__}", (StagedCheckpoints, trainer), {"__module__": __name__})
+    return _MIXED[trainer]

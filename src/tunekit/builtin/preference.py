@@ -1,0 +1,260 @@
+"""Preference objectives on trl's trainers: ``dpo`` (and its loss variants) on prompt/chosen/rejected pairs.
+
+tunekit tokenizes the pairs itself, exactly as ``sft`` tokenizes a prompt and its answer (the chat
+template, the trained end token, answer offsets found in the text tokenized once), so a DPO run after an
+SFT run sees the very tokens SFT trained; trl's ``DPOTrainer`` then computes its loss. With LoRA the
+reference model is the base with the adapter disabled: no second copy of the model is kept (see
+:class:`_DPOTrainer`). A full fine-tune keeps a frozen copy of the starting model as the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from tunekit.builtin.objectives import SFTObjective, SFTOptions
+from tunekit.data.chat import eos_id, special_ids
+from tunekit.data.collate import IGNORE_INDEX
+from tunekit.errors import DataError
+from tunekit.parts import PairScores, PartOptions, TrainerPlan
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DPO_LOSSES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft",
+)
+"""trl 1.16's DPO loss types (``DPOConfig.loss_type``)."""
+
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class DPOOptions(PartOptions):
+    beta: float = Field(default=0.1, gt=0, description=(
+        "How far the tuned model may move from the reference: higher keeps it closer (trl's DPO beta; the IPO "
+        "regularisation for loss_type='ipo')."))
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1, description=(
+        "trl's DPO loss: sigmoid (DPO), ipo, hinge (SLiC), robust, exo_pair, nca_pair, bco_pair, sppo_hard, aot, "
+        "aot_unpaired, apo_zero, apo_down, discopop, sft; several are summed (with loss_weights)."))
+    loss_weights: list[float] | None = Field(default=None, description="One weight per loss_type when several are combined.")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5, description=(
+        "The assumed share of pairs whose labels are flipped (robust and exo_pair losses; must be > 0 for exo_pair)."))
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        unknown = [v for v in value if v not in DPO_LOSSES] if isinstance(value, list) else []
+        if unknown:
+            raise ValueError(f"unknown DPO loss {unknown}; trl's are {', '.join(DPO_LOSSES)}")
+        return value
+
+
+def split_answer(ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, answer_ids)`` of a tokenized sft row: the answer is the last trained run of tokens.
+
+    >>> split_answer([1, 2, 3, 4, 5], [-100, -100, 3, 4, -100])
+    ([1, 2], [3, 4])
+    """
+    trained = [j for j, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not trained:
+        return ids, []
+    end = trained[-1]
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return ids[:start], ids[start : end + 1]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PairTokenizer:
+    """Tokenizes prompt/chosen/rejected rows as ``sft`` tokenizes a prompt and its answer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.sft = SFTObjective(SFTOptions())
+        self.tokenizer = tokenizer
+        self.eos = eos_id(tokenizer)
+        self.specials = special_ids(tokenizer)
+
+    def answer(self, prompt: str | list[dict[str, str]], answer: str) -> tuple[list[int], list[int]]:
+        """The prompt's and the answer's tokens (the answer closed by its trained end token)."""
+        if isinstance(prompt, str):
+            ids, labels = self.sft._prompt_completion(prompt, answer, self.tokenizer, self.eos)
+        else:
+            messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+            ids, labels = self.sft._chat([*messages, {"role": "assistant", "content": answer}], self.tokenizer, self.eos, self.specials)
+        return split_answer(ids, labels)
+
+    def pair(self, row: dict[str, Any], max_length: int) -> dict[str, Any]:
+        prompt_c, chosen = self.answer(row["prompt"], row["chosen"])
+        prompt_r, rejected = self.answer(row["prompt"], row["rejected"])
+        shared = common_prefix(prompt_c, prompt_r)
+        if shared < len(prompt_c) or shared < len(prompt_r):  # a token merged across the boundary: answers start apart
+            chosen, rejected = prompt_c[shared:] + chosen, prompt_r[shared:] + rejected
+        prompt = prompt_c[:shared]
+        room = max(0, max_length - len(prompt))
+        truncated = len(chosen) > room or len(rejected) > room
+        return {"prompt_ids": prompt, "chosen_ids": chosen[:room], "rejected_ids": rejected[:room],
+                "length": len(prompt) + max(len(chosen[:room]), len(rejected[:room])), "truncated": truncated}
+
+
+def tokenize_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, objective: str) -> Dataset:
+    """Preference rows as ``prompt_ids``/``chosen_ids``/``rejected_ids`` (and ``length``, ``row``); rows whose
+    prompt leaves no room for an answer within ``max_length`` are dropped with a warning."""
+    pairs = PairTokenizer(tokenizer)
+
+    def one(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return {**pairs.pair(row, max_length), "row": index}
+
+    out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc=f"tokenizing ({objective})")
+    truncated = sum(out["truncated"])
+    if truncated:
+        log.warning("%s: %d of %d pairs were longer than max_length=%d; their answers were cut.", objective, truncated, len(out), max_length)
+    empty = [i for i, (c, r) in enumerate(zip(out["chosen_ids"], out["rejected_ids"], strict=True)) if not c or not r]
+    if empty:
+        if len(empty) == len(out):
+            raise DataError(
+                f"no pair has room for its answers within max_length={max_length}; raise training.max_length or "
+                "shorten the prompts."
+            )
+        log.warning("%s: dropping %d pairs whose prompt fills max_length=%d (first: row %d).", objective, len(empty), max_length, empty[0])
+        drop = set(empty)
+        out = out.select([i for i in range(len(out)) if i not in drop])
+    return out.remove_columns(["truncated"])
+
+
+def answer_logprobs(
+    model: torch.nn.Module, prompts: list[list[int]], answers: list[list[int]], *, batch_size: int, pad_token_id: int
+) -> list[tuple[float, int]]:
+    """``(summed log-probability, tokens)`` of each answer given its prompt, under ``model`` (no grad)."""
+    import torch
+
+    from tunekit.builtin.classify import in_eval_batches
+    from tunekit.data.collate import PadPerBatch
+
+    rows = [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in zip(prompts, answers, strict=True)]
+    collate = PadPerBatch(pad_token_id=pad_token_id)
+    out: list[tuple[float, int]] = []
+    for _, batch in in_eval_batches(model, iter(rows), collate, batch_size):  # type: ignore[arg-type]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums = (picked * mask).sum(dim=1)
+        out.extend((float(s), int(n)) for s, n in zip(sums, mask.sum(dim=1), strict=True))
+    return out
+
+
+def score_pairs(model: torch.nn.Module, tokenized: Dataset, *, batch_size: int, pad_token_id: int) -> tuple[float, PairScores]:
+    """The cross-entropy per token of the chosen answers, and every pair's summed log-probabilities."""
+    prompts = [list(p) for p in tokenized["prompt_ids"]]
+    chosen = answer_logprobs(model, prompts, [list(c) for c in tokenized["chosen_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
+    rejected = answer_logprobs(model, prompts, [list(r) for r in tokenized["rejected_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
+    tokens = sum(n for _, n in chosen)
+    loss = -sum(s for s, _ in chosen) / tokens if tokens else float("nan")
+    return loss, PairScores([s for s, _ in chosen], [s for s, _ in rejected])
+
+
+def adapter_is_fresh(model: Any) -> bool:
+    """Whether every LoRA ``B`` matrix of a peft model is still zero: the adapter changes nothing yet."""
+    weights = [p for name, p in model.named_parameters() if "lora_B" in name and ".default" in name]
+    return bool(weights) and all(not bool(p.detach().any()) for p in weights)
+
+
+def dpo_trainer_class() -> type[Any]:
+    """trl's ``DPOTrainer``, told that tunekit tokenized the pairs, and with the adapter-disabled base as reference."""
+    from trl import DPOTrainer
+
+    class _DPOTrainer(DPOTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            peft_model = self.model
+            # trl gives a PeftModel a frozen "ref" copy of its adapter as the reference. A fresh adapter (B = 0)
+            # is the base itself, so the copy is dropped and the reference is the base with the adapter disabled
+            # (trl's fallback without "ref"). A continued adapter (SFT, then DPO) keeps the copy: the model training
+            # starts from is the reference.
+            if "ref" in getattr(peft_model, "peft_config", {}) and adapter_is_fresh(peft_model):
+                peft_model.delete_adapter("ref")
+                peft_model.set_adapter("default")
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            if set(PAIR_COLUMNS) <= set(dataset.column_names or []):
+                return dataset  # tokenized by tunekit (tokenize_pairs), as sft tokenizes an answer
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().train(*args, **kwargs)
+            finally:  # what fit hands back, saves and merges is the one trained adapter
+                if "ref" in getattr(self.model, "peft_config", {}):
+                    self.model.delete_adapter("ref")
+
+    return _DPOTrainer
+
+
+DPO_LOGGED = (
+    "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+    "logps/chosen", "logps/rejected",
+)
+
+
+class DPOObjective:
+    """Direct preference optimisation (trl's ``DPOTrainer``) on prompt/chosen/rejected pairs.
+
+    The loss raises the chosen answer's log-probability against the rejected one's, each measured
+    against the reference model (``beta`` says how far from it). ``loss_type`` picks trl's variant
+    (``ipo``, ``hinge``, ``robust``...). The eval loss is the cross-entropy per token of the chosen
+    answers, and ``preference_accuracy`` the share of pairs whose chosen answer is the more likely.
+    """
+
+    name: ClassVar[str] = "dpo"
+    description: ClassVar[str] = "Preference pairs: trl's DPO (sigmoid, ipo, hinge, robust...) against the reference model."
+    Options: ClassVar[type[DPOOptions]] = DPOOptions
+
+    def __init__(self, options: DPOOptions):
+        self.options = options
+
+    def accepts(self, row_format: str) -> bool:
+        return row_format == "preference"
+
+    def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
+        return tokenize_pairs(rows, tokenizer, max_length, self.name)
+
+    def evaluate_rows(self, model: torch.nn.Module, tokenized: Dataset, *, batch_size: int = 8, pad_token_id: int = 0) -> tuple[float, PairScores]:
+        return score_pairs(model, tokenized, batch_size=batch_size, pad_token_id=pad_token_id)
+
+    def trainer(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> TrainerPlan:
+        from trl import DPOConfig
+
+        o = self.options
+        settings = {"beta": o.beta, "loss_type": list(o.loss_type), "loss_weights": o.loss_weights,
+                    "label_smoothing": o.label_smoothing, "max_length": None}  # tokenize_pairs cut the pairs already
+        return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": reference_model(model)}, DPO_LOGGED)
+
+
+def reference_model(model: Any) -> Any:
+    """The frozen reference of a model that trains its own weights (full, head): a copy of it as training
+    starts. A peft model needs none (None: the adapter is disabled instead)."""
+    if hasattr(model, "peft_config"):
+        return None
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
