@@ -299,6 +299,29 @@ def boundary_findings(rows: Dataset, row_format: str) -> list[Finding]:
         "template string), which renders each row as a user turn and an assistant turn."))]
 
 
+def pair_findings(rows: Dataset, row_format: str) -> list[Finding]:
+    """Errors for preference pairs that teach nothing, or the wrong thing: a chosen answer identical to the
+    rejected one (no preference to learn), an empty answer (the model is pushed toward or away from
+    saying nothing) and an empty prompt (an answer to no question)."""
+    if row_format != "preference" or "chosen" not in rows.column_names:
+        return []
+    checks = {
+        "identical-pair": ("have the same chosen and rejected answer, so there is no preference to learn; fix or drop them",
+                           lambda r: r["chosen"].strip() == r["rejected"].strip()),
+        "empty-answer-in-pair": ("have an empty chosen or rejected answer; give both answers",
+                                 lambda r: not r["chosen"].strip() or not r["rejected"].strip()),
+        "empty-prompt-in-pair": ("have an empty prompt, so their answers answer nothing; give each pair its prompt",
+                                 lambda r: not (r["prompt"].strip() if isinstance(r["prompt"], str) else r["prompt"])),
+    }
+    findings = []
+    for code, (what, bad) in checks.items():
+        found = [i for i, row in enumerate(rows) if bad(row)]
+        if found:
+            findings.append(Finding(severity="error", code=code, message=(
+                f"{len(found)} of {len(rows)} preference pairs (first: row {found[0]}) {what}.")))
+    return findings
+
+
 _BLOCK_RE = re.compile(r"\.(\d+)\.")
 
 
@@ -429,6 +452,7 @@ def audit(
     report.findings += label_findings(name, full, tokenizer)
     report.findings += template_findings(tokenizer, rows.format)
     report.findings += boundary_findings(train, rows.format)
+    report.findings += pair_findings(train, rows.format)
     if stats.rows_without_trained_tokens:
         severity: Literal["error", "warning"] = "error" if stats.rows_without_trained_tokens == stats.rows else "warning"
         report.findings.append(Finding(severity=severity, code="rows-without-trained-tokens", message=(

@@ -496,7 +496,7 @@ class Tuner:
         sample = head(train_rows, 200)  # of a stream: its first rows, read (and tokenized) once more
         findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
         if raw is not None:
-            findings += pf.boundary_findings(head(raw, 200), row_format)
+            findings += pf.boundary_findings(head(raw, 200), row_format) + pf.pair_findings(head(raw, 200), row_format)
         for finding in findings:
             if finding.severity == "warning":
                 log.warning("tunekit preflight: %s", finding.message)

@@ -247,9 +247,11 @@ def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> lis
 @hookimpl
 def register_objectives(register: Register) -> None:
     from tunekit.builtin.classify import ClassifyObjective
+    from tunekit.builtin.grpo import GRPOObjective
     from tunekit.builtin.preference import DPOObjective
 
     register(SFTObjective)
     register(CausalLMObjective)
     register(ClassifyObjective)
     register(DPOObjective)
+    register(GRPOObjective)

@@ -282,7 +282,10 @@ def _plan_trainer(
         raise ConfigError([Problem("objective", f"the objective's trainer settings {clash} are set by training.* already")])
     # trl's configs default to gradient checkpointing on and bf16 on; the explicit activation_checkpointing, bf16 and
     # fp16 above (training.*, the hardware) win over them (TrainingArguments reads the old name only when the new is unset).
-    args = plan.arguments(**arguments, **plan.settings)
+    try:
+        args = plan.arguments(**arguments, **plan.settings)
+    except ValueError as exc:  # e.g. GRPO: a batch that is not whole groups of num_generations answers
+        raise ConfigError([Problem("objective", f"{plan.arguments.__name__} refused these settings: {exc}")]) from exc
     trainer = with_tunekit(plan.trainer)(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, processing_class=tokenizer,
         callbacks=callbacks, **plan.trainer_kwargs,
