@@ -186,6 +186,31 @@ def test_hook_register_metrics(tiny_gpt2):
     assert result.metrics["answer_length"] >= 0
 
 
+def test_hook_register_rewards():
+    from tunekit.config import build_rewards
+
+    class WordCount:
+        name = "word_count"
+        description = "number of words"
+        Options = NoOptions
+
+        def __init__(self, options):
+            pass
+
+        def score(self, completions, *, prompts, references):
+            return [float(len(c.split())) for c in completions]
+
+    class Plugin:
+        @hookimpl
+        def register_rewards(self, register):
+            register(WordCount)
+
+    register_plugin(Plugin(), name="rewards-plugin")
+    assert get_registry("reward").get("word_count").plugin == "rewards-plugin"
+    (reward,) = build_rewards(["word_count"])
+    assert reward.score(["a b c", ""], prompts=["p", "p"], references=[None, None]) == [3.0, 0.0]
+
+
 def test_hook_register_model_aliases(tiny_gpt2):
     class Team:
         name = "team-base"

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,9 @@ from pydantic import (
 )
 
 from tunekit.errors import ConfigError, Problem, UnknownPartError
+
+if TYPE_CHECKING:
+    from tunekit.parts import Reward
 
 MAX_CPU_THREADS = 1024
 """The most ``training.cpu_threads`` accepts."""
@@ -744,4 +747,42 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Ma
         raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
     if not chosen:
         raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
+    return chosen
+
+
+def build_rewards(
+    specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Mapping[str, Any], *, location: str = "rewards"
+) -> list[Reward]:
+    """Reward parts (:class:`tunekit.parts.Reward`) for ``specs``: names (``"exact_match"``), mappings
+    with options (``{"name": "regex", "pattern": "[0-9]+"}``) or ``PartSpec``s, in order.
+
+    Every problem is reported at once, located under ``location`` (``objective.rewards[1].pattern``
+    for ``location="objective.rewards"``); an unknown name lists the installed rewards. A reward may
+    be asked for more than once (with different options).
+
+    >>> [r.name for r in build_rewards(["exact_match", {"name": "length", "max_chars": 200}])]
+    ['exact_match', 'length']
+    """
+    from tunekit.plugins import get_registry
+
+    if isinstance(specs, (str, Mapping, PartSpec)):
+        specs = [specs]
+    registry = get_registry("reward")
+    chosen: list[Reward] = []
+    problems: list[Problem] = []
+    for i, spec in enumerate(specs):
+        where = f"{location}[{i}]"
+        try:
+            part = PartSpec.model_validate(spec)
+        except ValidationError as exc:
+            problems.extend(problems_from_validation(exc, prefix=where))
+            continue
+        found = validated_options(registry, part, where, problems)
+        if found is not None:
+            reg, options = found
+            chosen.append(reg.cls(options))
+    if problems:
+        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
+    if not chosen:
+        raise ConfigError([Problem(location, "ask for at least one reward, e.g. ['exact_match']")])
     return chosen

@@ -27,7 +27,7 @@ Hooks are called through pluggy, so ``@hookimpl(tryfirst=True)``, ``trylast=True
 ``wrapper=True`` and ``hookwrapper=True`` behave as pluggy documents them. Every
 implementation is called (none of the hooks is ``firstresult``) and return values are ignored.
 
-The part hooks (``register_strategies`` ... ``register_model_aliases``) are called when the
+The part hooks (``register_strategies`` ... ``register_rewards``, ``register_model_aliases``) are called when the
 plugin manager is built, and again when a plugin is added in-process with
 :func:`tunekit.plugins.register_plugin`: an implementation should only call ``register``.
 Parts are registered in the order pluggy calls the implementations (a plugin loaded later,
@@ -129,6 +129,15 @@ def register_metrics(register: Register) -> None:
     """Register metric classes: how a model is scored by ``Tuner.evaluate(data, metrics=[...])``.
 
     Call ``register(cls)`` once per class. See :class:`tunekit.parts.Metric`.
+    """
+
+
+@hookspec
+def register_rewards(register: Register) -> None:
+    """Register reward classes: how GRPO scores the completions a model generated.
+
+    Call ``register(cls)`` once per class; ``score(completions, prompts=..., references=...)``
+    returns one float per completion, higher is better. See :class:`tunekit.parts.Reward`.
     """
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-KINDS = ("strategy", "quantizer", "dataset_adapter", "objective", "metric", "model_alias")
+KINDS = ("strategy", "quantizer", "dataset_adapter", "objective", "metric", "reward", "model_alias")
 """Every kind of part, in the order they are listed by ``tunekit plugins``."""
 
 KIND_PLURALS = {
@@ -30,6 +30,7 @@ KIND_PLURALS = {
     "dataset_adapter": "dataset adapters",
     "objective": "objectives",
     "metric": "metrics",
+    "reward": "rewards",
     "model_alias": "model aliases",
 }
 
@@ -330,6 +331,23 @@ class Metric(Part, Protocol):
 
     def compute(self, inputs: MetricInputs) -> float:
         """The metric's value (``nan`` when it is undefined, e.g. on zero rows)."""
+
+
+class Reward(Part, Protocol):
+    """Scores completions (GRPO's reward functions): one float per completion, higher is better.
+
+    ``score`` gets a batch of completions the model generated, each beside the prompt it answered
+    and the row's reference answer. A reward that compares with a reference and is given ``None``
+    (a row without one) must raise :class:`tunekit.errors.DataError` naming the reward and saying
+    where references come from: the row's ``completion`` column (prompt/completion rows) or its
+    ``reference`` column. A reward that needs no reference ignores ``references``.
+    """
+
+    def __init__(self, options: Any) -> None: ...
+
+    def score(self, completions: list[str], *, prompts: list[str], references: list[str | None]) -> list[float]:
+        """One reward per completion. ``prompts[i]`` is the text completion i answered (rendered prompt),
+        ``references[i]`` the row's reference answer, or None where the row has none."""
 
 
 class ModelAlias(Part, Protocol):

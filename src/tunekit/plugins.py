@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "tunekit.builtin.adapters",
     "tunekit.builtin.objectives",
     "tunekit.builtin.metrics",
+    "tunekit.builtin.rewards",
     "tunekit.builtin.aliases",
 )
 BUILTIN_PLUGIN = "tunekit (built-in)"
@@ -263,7 +264,7 @@ def trainer_callbacks() -> list[Any]:
 
 def get_registry(kind: str) -> Registry:
     """The registry of one kind of part: ``strategy``, ``quantizer``, ``dataset_adapter``,
-    ``objective``, ``metric`` or ``model_alias``."""
+    ``objective``, ``metric``, ``reward`` or ``model_alias``."""
     return get_plugins().registries[kind]
 
 

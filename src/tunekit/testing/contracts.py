@@ -178,3 +178,60 @@ def check_objective(
             if expected != actual:
                 raise ContractViolation(f"row {i}: masked positions {sorted(actual)[:8]} differ from the claimed {sorted(expected)[:8]}")
     return out
+
+
+SAMPLE_COMPLETIONS = (
+    " blue red cat", "blue red cap", "cat red blue", "", "BLUE RED CAT",
+    "blue red cat, and then a much longer answer that goes on and on and on",
+)
+"""Completions :func:`check_reward` scores: a hit, a near miss, a far miss, an empty one, a shouted
+one and a long one."""
+
+
+def check_reward(
+    reward: str | dict[str, Any], *, completions: list[str] | None = None, prompts: list[str] | None = None,
+    references: list[str | None] | None = None,
+) -> list[float]:
+    """Build ``reward`` (a name, or a mapping of its name and options) and check how it scores.
+
+    Checks: the reward builds through :func:`tunekit.config.build_rewards` (registered, options
+    valid); ``score(completions, prompts=..., references=...)`` returns a list with one finite
+    ``float`` per completion; scoring the same batch twice gives the same scores; a batch of one
+    scores like the same row in the batch. By default it scores :data:`SAMPLE_COMPLETIONS` against
+    the reference ``"blue red cat"`` of a reverse-three-words prompt. Returns the scores.
+    """
+    import math
+
+    from tunekit.config import build_rewards
+
+    name = reward if isinstance(reward, str) else reward.get("name", "?")
+    (part,) = build_rewards([reward])
+    if not callable(getattr(part, "score", None)):
+        raise ContractViolation(f"reward {name!r} has no score(completions, *, prompts, references) method")
+    completions = list(SAMPLE_COMPLETIONS) if completions is None else completions
+    prompts = ["Reverse: cat red blue\nAnswer:"] * len(completions) if prompts is None else prompts
+    references = ["blue red cat"] * len(completions) if references is None else references
+
+    def score(c: list[str], p: list[str], r: list[str | None]) -> list[float]:
+        out = part.score(c, prompts=p, references=r)
+        if not isinstance(out, list):
+            raise ContractViolation(f"reward {name!r}: score must return a list of floats, got {type(out).__name__}")
+        if len(out) != len(c):
+            raise ContractViolation(f"reward {name!r}: score returned {len(out)} values for {len(c)} completions")
+        bad = [(i, v) for i, v in enumerate(out) if not isinstance(v, float) or not math.isfinite(v)]
+        if bad:
+            raise ContractViolation(f"reward {name!r}: scores must be finite floats; got {bad[:3]} (index, value)")
+        return out
+
+    scores = score(completions, prompts, references)
+    again = score(completions, prompts, references)
+    if not all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5) for a, b in zip(scores, again, strict=True)):
+        raise ContractViolation(f"reward {name!r} scored the same batch differently twice: {scores} then {again}")
+    if completions:
+        alone = score(completions[:1], prompts[:1], references[:1])
+        if not math.isclose(alone[0], scores[0], rel_tol=1e-4, abs_tol=1e-4):
+            raise ContractViolation(
+                f"reward {name!r}: a completion scores {alone[0]} alone but {scores[0]} in a batch; a row's reward "
+                "must not depend on the other rows of its batch"
+            )
+    return scores
