@@ -6,7 +6,7 @@ nothing else (never the whole run configuration), so it is easy to test on its o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
@@ -111,7 +111,8 @@ class TrainerPlan:
     ``arguments`` its ``TrainingArguments`` subclass (``DPOConfig``...). tunekit builds the arguments from
     ``training.*`` plus ``settings`` (the objective's own: ``beta``, ``loss_type``...), mixes its staged
     checkpoints and evaluation into the trainer class, and passes ``trainer_kwargs`` (``reward_funcs``...)
-    to it. ``logged`` names the trainer's log keys a run records beside the loss (``rewards/margins``...).
+    to it. ``logged`` names the trainer's log keys a run records beside the loss (``rewards/margins``...);
+    ``overrides`` replace arguments tunekit would set (say why next to them).
     """
 
     trainer: type[Any]
@@ -119,6 +120,8 @@ class TrainerPlan:
     settings: dict[str, Any]
     trainer_kwargs: dict[str, Any]
     logged: tuple[str, ...] = ()
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Arguments tunekit sets that this trainer needs otherwise (e.g. GRPO counts its own tokens)."""
 
 
 @dataclass(frozen=True)

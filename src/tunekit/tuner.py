@@ -262,7 +262,9 @@ class Tuner:
             raise ConfigError([Problem("training.max_steps", (
                 "the training data is a stream (an IterableDataset, or streaming: true), whose length is unknown, "
                 "so training.epochs cannot say when to stop; set training.max_steps"))])
-        self._check_before_fit(data.objective_name, data.format, data.train, ignore_preflight_errors, flags, raw=data.rows.train)
+        # An objective with its own trainer (dpo, grpo) does not train on token labels: they are not audited.
+        labelled = data.train if not callable(getattr(data.objective, "trainer", None)) else None
+        self._check_before_fit(data.objective_name, data.format, labelled, ignore_preflight_errors, flags, raw=data.rows.train)
         if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
         trainer = getattr(data.objective, "trainer", None)  # an objective trained by trl's machinery says which
@@ -493,8 +495,9 @@ class Tuner:
         from tunekit.data.pipeline import head
         from tunekit.run_directory import CLI_FLAGS
 
-        sample = head(train_rows, 200)  # of a stream: its first rows, read (and tokenized) once more
-        findings = pf.label_findings(objective, sample, self.tokenizer) + pf.template_findings(self.tokenizer, row_format)
+        findings = pf.template_findings(self.tokenizer, row_format)
+        if train_rows is not None:  # of a stream: its first rows, read (and tokenized) once more
+            findings += pf.label_findings(objective, head(train_rows, 200), self.tokenizer)
         if raw is not None:
             findings += pf.boundary_findings(head(raw, 200), row_format) + pf.pair_findings(head(raw, 200), row_format)
         for finding in findings:

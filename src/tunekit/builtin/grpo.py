@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field
 
 from tunekit.builtin.objectives import SFTObjective, SFTOptions
+from tunekit.builtin.trl_reference import AdapterReference
 from tunekit.data.chat import adds_special_tokens, eos_id, render_generation_prompt, special_ids
 from tunekit.data.collate import IGNORE_INDEX
 from tunekit.errors import ConfigError, DataError, Problem
@@ -64,7 +65,7 @@ def grpo_trainer_class() -> type[Any]:
     """trl's ``GRPOTrainer``, tokenizing the prompts tunekit rendered as tunekit tokenizes them."""
     from trl import GRPOTrainer
 
-    class _GRPOTrainer(GRPOTrainer):  # type: ignore[misc]
+    class _GRPOTrainer(AdapterReference, GRPOTrainer):  # type: ignore[misc]
         def _tokenize_prompts(self, prompts: list[Any]) -> Any:
             if prompts and all(isinstance(p, str) for p in prompts):
                 # trl tokenizes text prompts with special tokens on, which gives a second BOS after a chat template
@@ -174,4 +175,6 @@ class GRPOObjective:
         }
         rewards = [_RewardFunction(r) for r in self.rewards]
         logged = (*GRPO_LOGGED, *(f"rewards/{r.__name__}/mean" for r in rewards))
-        return TrainerPlan(grpo_trainer_class(), GRPOConfig, settings, {"reward_funcs": rewards}, logged)
+        # GRPO counts the prompt and sampled tokens itself (the Trainer cannot find them in its batches of rows)
+        overrides = {"include_num_input_tokens_seen": "no"}
+        return TrainerPlan(grpo_trainer_class(), GRPOConfig, settings, {"reward_funcs": rewards}, logged, overrides)

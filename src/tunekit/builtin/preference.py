@@ -4,18 +4,18 @@ tunekit tokenizes the pairs itself, exactly as ``sft`` tokenizes a prompt and it
 template, the trained end token, answer offsets found in the text tokenized once), so a DPO run after an
 SFT run sees the very tokens SFT trained; trl's ``DPOTrainer`` then computes its loss. With LoRA the
 reference model is the base with the adapter disabled: no second copy of the model is kept (see
-:class:`_DPOTrainer`). A full fine-tune keeps a frozen copy of the starting model as the reference.
+:mod:`tunekit.builtin.trl_reference`). A full fine-tune keeps a frozen copy of the starting model as the reference.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from tunekit.builtin.objectives import SFTObjective, SFTOptions
+from tunekit.builtin.trl_reference import AdapterReference, frozen_copy
 from tunekit.data.chat import eos_id, special_ids
 from tunekit.data.collate import IGNORE_INDEX
 from tunekit.errors import DataError
@@ -172,39 +172,15 @@ def score_pairs(model: torch.nn.Module, tokenized: Dataset, *, batch_size: int, 
     return loss, PairScores([s for s, _ in chosen], [s for s, _ in rejected])
 
 
-def adapter_is_fresh(model: Any) -> bool:
-    """Whether every LoRA ``B`` matrix of a peft model is still zero: the adapter changes nothing yet."""
-    weights = [p for name, p in model.named_parameters() if "lora_B" in name and ".default" in name]
-    return bool(weights) and all(not bool(p.detach().any()) for p in weights)
-
-
 def dpo_trainer_class() -> type[Any]:
     """trl's ``DPOTrainer``, told that tunekit tokenized the pairs, and with the adapter-disabled base as reference."""
     from trl import DPOTrainer
 
-    class _DPOTrainer(DPOTrainer):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            peft_model = self.model
-            # trl gives a PeftModel a frozen "ref" copy of its adapter as the reference. A fresh adapter (B = 0)
-            # is the base itself, so the copy is dropped and the reference is the base with the adapter disabled
-            # (trl's fallback without "ref"). A continued adapter (SFT, then DPO) keeps the copy: the model training
-            # starts from is the reference.
-            if "ref" in getattr(peft_model, "peft_config", {}) and adapter_is_fresh(peft_model):
-                peft_model.delete_adapter("ref")
-                peft_model.set_adapter("default")
-
+    class _DPOTrainer(AdapterReference, DPOTrainer):  # type: ignore[misc]
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if set(PAIR_COLUMNS) <= set(dataset.column_names or []):
                 return dataset  # tokenized by tunekit (tokenize_pairs), as sft tokenizes an answer
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().train(*args, **kwargs)
-            finally:  # what fit hands back, saves and merges is the one trained adapter
-                if "ref" in getattr(self.model, "peft_config", {}):
-                    self.model.delete_adapter("ref")
 
     return _DPOTrainer
 
@@ -246,15 +222,4 @@ class DPOObjective:
         o = self.options
         settings = {"beta": o.beta, "loss_type": list(o.loss_type), "loss_weights": o.loss_weights,
                     "label_smoothing": o.label_smoothing, "max_length": None}  # tokenize_pairs cut the pairs already
-        return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": reference_model(model)}, DPO_LOGGED)
-
-
-def reference_model(model: Any) -> Any:
-    """The frozen reference of a model that trains its own weights (full, head): a copy of it as training
-    starts. A peft model needs none (None: the adapter is disabled instead)."""
-    if hasattr(model, "peft_config"):
-        return None
-    ref = copy.deepcopy(model)
-    ref.requires_grad_(False)
-    return ref.eval()
-
+        return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": frozen_copy(model)}, DPO_LOGGED)

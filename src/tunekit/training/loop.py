@@ -283,7 +283,7 @@ def _plan_trainer(
     # trl's configs default to gradient checkpointing on and bf16 on; the explicit activation_checkpointing, bf16 and
     # fp16 above (training.*, the hardware) win over them (TrainingArguments reads the old name only when the new is unset).
     try:
-        args = plan.arguments(**arguments, **plan.settings)
+        args = plan.arguments(**{**arguments, **plan.overrides}, **plan.settings)
     except ValueError as exc:  # e.g. GRPO: a batch that is not whole groups of num_generations answers
         raise ConfigError([Problem("objective", f"{plan.arguments.__name__} refused these settings: {exc}")]) from exc
     trainer = with_tunekit(plan.trainer)(
