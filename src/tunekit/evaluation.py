@@ -22,7 +22,7 @@ from pydantic import Field
 from tunekit.config import DEFAULT_METRICS, ChosenMetric, build_metrics  # noqa: F401  (re-exported)
 from tunekit.data.collate import IGNORE_INDEX, PadPerBatch
 from tunekit.errors import DataError
-from tunekit.parts import MetricInputs, PartOptions
+from tunekit.parts import MetricInputs, PairScores, PartOptions
 from tunekit.results import EvalResult, Generation
 from tunekit.training.loss import trained_logits_loss, use_trained_logits
 
@@ -142,6 +142,51 @@ def _same_count_on_every_rank(batches: list[list[int]], world: int) -> list[list
     count = torch.tensor([len(batches)], dtype=torch.int64, device=_collective_device())
     torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
     return batches + [[] for _ in range(int(count.item()) - len(batches))]
+
+
+# -- preference pairs -----------------------------------------------------------------------------
+def answer_logprobs(
+    model: Any, prompts: list[list[int]], answers: list[list[int]], *, batch_size: int, pad_token_id: int
+) -> list[tuple[float, int]]:
+    """``(summed log-probability, tokens)`` of each answer given its prompt, under ``model`` (no grad)."""
+    import torch
+
+    rows = [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in zip(prompts, answers, strict=True)]
+    collate = PadPerBatch(pad_token_id=pad_token_id)
+    out: list[tuple[float, int]] = []
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = {k: v.to(device) for k, v in collate(rows[start : start + batch_size]).items()}
+                out.extend(_answer_sums(model, batch))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _answer_sums(model: Any, batch: dict[str, Any]) -> list[tuple[float, int]]:
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    sums = (picked * mask).sum(dim=1)
+    return [(float(s), int(n)) for s, n in zip(sums, mask.sum(dim=1), strict=True)]
+
+
+def score_pairs(model: Any, tokenized: Dataset, *, batch_size: int, pad_token_id: int) -> tuple[float, PairScores]:
+    """The cross-entropy per token of the chosen answers, and every pair's summed log-probabilities."""
+    prompts = [list(p) for p in tokenized["prompt_ids"]]
+    chosen = answer_logprobs(model, prompts, [list(c) for c in tokenized["chosen_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
+    rejected = answer_logprobs(model, prompts, [list(r) for r in tokenized["rejected_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
+    tokens = sum(n for _, n in chosen)
+    loss = -sum(s for s, _ in chosen) / tokens if tokens else float("nan")
+    return loss, PairScores([s for s, _ in chosen], [s for s, _ in rejected])
+
 
 
 # -- generation -----------------------------------------------------------------------------------
@@ -310,7 +355,7 @@ def evaluate(
     ``max_new_tokens`` defaults to :func:`answer_budget`.
     """
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-    from tunekit.parts import ClassOutputs, PairScores
+    from tunekit.parts import ClassOutputs
 
     score_rows = getattr(objective, "evaluate_rows", None)
     classes = preferences = None
@@ -330,6 +375,8 @@ def evaluate(
             f"the metrics {needing} are computed from a classification head's logits; they need a run with "
             "objective='classify' and rows with 'text' and 'label' columns."
         )
+    if preferences is None and "rejected_ids" in (tokenized.column_names or []) and any(m.needs == "pairs" for m in metrics):
+        _, preferences = score_pairs(model, tokenized, batch_size=batch_size, pad_token_id=pad)  # pairs evaluated as sft rows
     if preferences is None and any(m.needs == "pairs" for m in metrics):
         needing = [m.name for m in metrics if m.needs == "pairs"]
         raise DataError(f"the metrics {needing} compare each pair's chosen and rejected answers; they need rows with "

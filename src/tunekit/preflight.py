@@ -445,6 +445,14 @@ def audit(
             f"preflight audits objectives that label tokens; {name!r} trains a "
             f"{getattr(objective, 'task', '?')} head, which it does not audit yet. fit checks the rows and "
             "labels itself"))])
+    if callable(getattr(objective, "trainer", None)):
+        # trained by its own (trl's) trainer on pairs or sampled answers, not on token labels: the data checks and
+        # the parameter table; its step (two passes and a reference for dpo, generation for grpo) is not estimated
+        report = PreflightReport(objective=name, row_format=rows.format)
+        report.findings += template_findings(tokenizer, rows.format) + pair_findings(train, rows.format)
+        report.params_by_block, tied = params_by_block(model)
+        report.findings += [f.model_copy(update={"severity": "info"}) for f in tied] if trains_tied_weights else tied
+        return report
     max_length = config.training.max_length
     stats, full = token_stats(objective, train, tokenizer, max_length)
     report = PreflightReport(objective=name, row_format=rows.format, token_stats=stats)

@@ -53,7 +53,7 @@ class SFTObjective:
 
     def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
         if "chosen" in rows.column_names:  # preference pairs: sft trains on the preferred answer
-            rows = rows.map(_chosen_as_answer, remove_columns=rows.column_names)
+            return _chosen_answers(rows, tokenizer, max_length)
         eos = eos_id(tokenizer)
         chat = "messages" in rows.column_names
         specials = special_ids(tokenizer)
@@ -136,11 +136,14 @@ class SFTObjective:
         return ids, labels
 
 
-def _chosen_as_answer(row: dict[str, Any]) -> dict[str, Any]:
-    """A preference pair as the sft row of its chosen answer (a chat row when the prompt is chat messages)."""
-    if isinstance(row["prompt"], list):
-        return {"messages": [*row["prompt"], {"role": "assistant", "content": row["chosen"]}]}
-    return {"prompt": row["prompt"], "completion": row["chosen"]}
+def _chosen_answers(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Preference pairs tokenized as the pairs objectives tokenize them, and trained on the chosen answer; the pair
+    columns stay, so evaluation can still score both answers (``preference_accuracy``)."""
+    from tunekit.builtin.preference import tokenize_pairs
+
+    pairs = tokenize_pairs(rows, tokenizer, max_length, "sft")
+    return pairs.map(lambda r: {"input_ids": r["prompt_ids"] + r["chosen_ids"],
+                                "labels": [IGNORE_INDEX] * len(r["prompt_ids"]) + r["chosen_ids"]})
 
 
 def _label_spans(enc: Any, spans: list[AnswerSpan], specials: set[int]) -> tuple[list[int], list[int], bool]:

@@ -19,6 +19,7 @@ from tunekit.builtin.trl_reference import AdapterReference, frozen_copy
 from tunekit.data.chat import eos_id, special_ids
 from tunekit.data.collate import IGNORE_INDEX
 from tunekit.errors import DataError
+from tunekit.evaluation import score_pairs
 from tunekit.parts import PairScores, PartOptions, TrainerPlan
 
 if TYPE_CHECKING:
@@ -138,38 +139,6 @@ def tokenize_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length
         drop = set(empty)
         out = out.select([i for i in range(len(out)) if i not in drop])
     return out.remove_columns(["truncated"])
-
-
-def answer_logprobs(
-    model: torch.nn.Module, prompts: list[list[int]], answers: list[list[int]], *, batch_size: int, pad_token_id: int
-) -> list[tuple[float, int]]:
-    """``(summed log-probability, tokens)`` of each answer given its prompt, under ``model`` (no grad)."""
-    import torch
-
-    from tunekit.builtin.classify import in_eval_batches
-    from tunekit.data.collate import PadPerBatch
-
-    rows = [{"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a} for p, a in zip(prompts, answers, strict=True)]
-    collate = PadPerBatch(pad_token_id=pad_token_id)
-    out: list[tuple[float, int]] = []
-    for _, batch in in_eval_batches(model, iter(rows), collate, batch_size):  # type: ignore[arg-type]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums = (picked * mask).sum(dim=1)
-        out.extend((float(s), int(n)) for s, n in zip(sums, mask.sum(dim=1), strict=True))
-    return out
-
-
-def score_pairs(model: torch.nn.Module, tokenized: Dataset, *, batch_size: int, pad_token_id: int) -> tuple[float, PairScores]:
-    """The cross-entropy per token of the chosen answers, and every pair's summed log-probabilities."""
-    prompts = [list(p) for p in tokenized["prompt_ids"]]
-    chosen = answer_logprobs(model, prompts, [list(c) for c in tokenized["chosen_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
-    rejected = answer_logprobs(model, prompts, [list(r) for r in tokenized["rejected_ids"]], batch_size=batch_size, pad_token_id=pad_token_id)
-    tokens = sum(n for _, n in chosen)
-    loss = -sum(s for s, _ in chosen) / tokens if tokens else float("nan")
-    return loss, PairScores([s for s, _ in chosen], [s for s, _ in rejected])
 
 
 def dpo_trainer_class() -> type[Any]:

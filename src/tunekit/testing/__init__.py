@@ -159,6 +159,14 @@ def sft_rows(n: int = 32, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def pair_rows(n: int = 32, seed: int = 0) -> list[dict[str, str]]:
+    """Preference pairs of the :func:`sft_rows` task: the three words reversed (chosen) or as given (rejected)."""
+    return [
+        {"prompt": row["prompt"], "chosen": row["completion"], "rejected": " " + row["prompt"].split(": ", 1)[1].split("\n")[0]}
+        for row in sft_rows(n, seed)
+    ]
+
+
 def chat_rows(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     """Chat rows (system, user, assistant) of the same task."""
     return [
