@@ -261,3 +261,24 @@ def test_grpo_resumes_mid_run(tiny_gpt2, tmp_path):
         tuner().fit(sft_rows(8))
     resumed = tuner().fit(sft_rows(8), resume=True)
     assert [p.step for p in resumed.loss_history] == [3, 4] and resumed.steps == 4
+
+
+# -- reward-model ----------------------------------------------------------------------------------
+def colour_pairs(n: int, tag: str = "Q") -> list[dict]:
+    return [{"prompt": f"{tag}{i}: colour?", "chosen": " blue sky", "rejected": " red wine"} for i in range(n)]
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_a_reward_model_learns_the_preference_and_the_model_reward_loads_its_run(tiny_llama, tmp_path, strategy):
+    from tunekit.config import build_rewards
+
+    tuner = Tuner(model=str(tiny_llama), strategy=strategy, objective="reward-model", output_dir=str(tmp_path / "rm"),
+                  training=quick(max_steps=12, learning_rate=1e-2 if strategy == "lora" else 1e-3))
+    result = tuner.fit(colour_pairs(32), eval=colour_pairs(8, "R"), metrics=["loss", "preference_accuracy"], baseline=True)
+    assert result.eval_metrics["preference_accuracy"] == 1.0 and result.eval_loss < result.base_eval_metrics["loss"]
+    assert "accuracy" in result.train_figures and "margin" in result.train_figures
+    (reward,) = build_rewards([{"name": "model", "path": str(tmp_path / "rm")}])
+    rows = colour_pairs(4, "S")
+    scores = reward.score([r["chosen"] for r in rows] + [r["rejected"] for r in rows], prompts=[r["prompt"] for r in rows] * 2,
+                          references=[None] * 8)
+    assert min(scores[:4]) > max(scores[4:])  # the reward model's preference, read back through the model reward

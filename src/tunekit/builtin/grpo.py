@@ -19,6 +19,7 @@ from tunekit.builtin.trl_reference import AdapterReference
 from tunekit.data.chat import adds_special_tokens, eos_id, render_generation_prompt, special_ids
 from tunekit.data.collate import IGNORE_INDEX
 from tunekit.errors import ConfigError, DataError, Problem
+from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions, TrainerPlan
 
 if TYPE_CHECKING:
@@ -178,3 +179,8 @@ class GRPOObjective:
         # GRPO counts the prompt and sampled tokens itself (the Trainer cannot find them in its batches of rows)
         overrides = {"include_num_input_tokens_seen": "no"}
         return TrainerPlan(grpo_trainer_class(), GRPOConfig, settings, {"reward_funcs": rewards}, logged, overrides)
+
+
+@hookimpl
+def register_objectives(register: Register) -> None:
+    register(GRPOObjective)

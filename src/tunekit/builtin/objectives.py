@@ -139,8 +139,6 @@ class SFTObjective:
 def _chosen_answers(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
     """Preference pairs tokenized as the pairs objectives tokenize them, and trained on the chosen answer; the pair
     columns stay, so evaluation can still score both answers (``preference_accuracy``)."""
-    from tunekit.builtin.preference import tokenize_pairs
-
     pairs = tokenize_pairs(rows, tokenizer, max_length, "sft")
     return pairs.map(lambda r: {"input_ids": r["prompt_ids"] + r["chosen_ids"],
                                 "labels": [IGNORE_INDEX] * len(r["prompt_ids"]) + r["chosen_ids"]})
@@ -247,14 +245,94 @@ def _tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> lis
     return out
 
 
+# -- preference pairs, tokenized as sft tokenizes an answer (dpo, reward-model, and sft on pairs) ---------
+def split_answer(ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, answer_ids)`` of a tokenized sft row: the answer is the last trained run of tokens.
+
+    >>> split_answer([1, 2, 3, 4, 5], [-100, -100, 3, 4, -100])
+    ([1, 2], [3, 4])
+    """
+    trained = [j for j, label in enumerate(labels) if label != IGNORE_INDEX]
+    if not trained:
+        return ids, []
+    end = trained[-1]
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return ids[:start], ids[start : end + 1]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two token lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PairTokenizer:
+    """Tokenizes prompt/chosen/rejected rows as ``sft`` tokenizes a prompt and its answer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.sft = SFTObjective(SFTOptions())
+        self.tokenizer = tokenizer
+        self.eos = eos_id(tokenizer)
+        self.specials = special_ids(tokenizer)
+
+    def answer(self, prompt: str | list[dict[str, str]], answer: str) -> tuple[list[int], list[int]]:
+        """The prompt's and the answer's tokens (the answer closed by its trained end token)."""
+        if isinstance(prompt, str):
+            ids, labels = self.sft._prompt_completion(prompt, answer, self.tokenizer, self.eos)
+        else:
+            messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+            ids, labels = self.sft._chat([*messages, {"role": "assistant", "content": answer}], self.tokenizer, self.eos, self.specials)
+        return split_answer(ids, labels)
+
+    def pair(self, row: dict[str, Any], max_length: int) -> dict[str, Any]:
+        prompt_c, chosen = self.answer(row["prompt"], row["chosen"])
+        prompt_r, rejected = self.answer(row["prompt"], row["rejected"])
+        shared = common_prefix(prompt_c, prompt_r)
+        if shared < len(prompt_c) or shared < len(prompt_r):  # a token merged across the boundary: answers start apart
+            chosen, rejected = prompt_c[shared:] + chosen, prompt_r[shared:] + rejected
+        prompt = prompt_c[:shared]
+        room = max(0, max_length - len(prompt))
+        truncated = len(chosen) > room or len(rejected) > room
+        return {"prompt_ids": prompt, "chosen_ids": chosen[:room], "rejected_ids": rejected[:room],
+                "length": len(prompt) + max(len(chosen[:room]), len(rejected[:room])), "truncated": truncated}
+
+
+def tokenize_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, objective: str) -> Dataset:
+    """Preference rows as ``prompt_ids``/``chosen_ids``/``rejected_ids`` (and ``length``, ``row``); rows whose
+    prompt leaves no room for an answer within ``max_length`` are dropped with a warning."""
+    pairs = PairTokenizer(tokenizer)
+
+    def one(row: dict[str, Any], index: int) -> dict[str, Any]:
+        return {**pairs.pair(row, max_length), "row": index}
+
+    out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc=f"tokenizing ({objective})")
+    truncated = sum(out["truncated"])
+    if truncated:
+        log.warning("%s: %d of %d pairs were longer than max_length=%d; their answers were cut.", objective, truncated, len(out), max_length)
+    empty = [i for i, (c, r) in enumerate(zip(out["chosen_ids"], out["rejected_ids"], strict=True)) if not c or not r]
+    if empty:
+        if len(empty) == len(out):
+            raise DataError(
+                f"no pair has room for its answers within max_length={max_length}; raise training.max_length or "
+                "shorten the prompts."
+            )
+        log.warning("%s: dropping %d pairs whose prompt fills max_length=%d (first: row %d).", objective, len(empty), max_length, empty[0])
+        drop = set(empty)
+        out = out.select([i for i in range(len(out)) if i not in drop])
+    return out.remove_columns(["truncated"])
+
+
 @hookimpl
 def register_objectives(register: Register) -> None:
     from tunekit.builtin.classify import ClassifyObjective
-    from tunekit.builtin.grpo import GRPOObjective
-    from tunekit.builtin.preference import DPOObjective
 
     register(SFTObjective)
     register(CausalLMObjective)
     register(ClassifyObjective)
-    register(DPOObjective)
-    register(GRPOObjective)
+

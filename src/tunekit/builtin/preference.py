@@ -9,17 +9,14 @@ reference model is the base with the adapter disabled: no second copy of the mod
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from tunekit.builtin.objectives import SFTObjective, SFTOptions
+from tunekit.builtin.objectives import tokenize_pairs
 from tunekit.builtin.trl_reference import AdapterReference, frozen_copy
-from tunekit.data.chat import eos_id, special_ids
-from tunekit.data.collate import IGNORE_INDEX
-from tunekit.errors import DataError
 from tunekit.evaluation import score_pairs
+from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PairScores, PartOptions, TrainerPlan
 
 if TYPE_CHECKING:
@@ -27,7 +24,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-log = logging.getLogger(__name__)
 
 DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
@@ -57,88 +53,6 @@ class DPOOptions(PartOptions):
         if unknown:
             raise ValueError(f"unknown DPO loss {unknown}; trl's are {', '.join(DPO_LOSSES)}")
         return value
-
-
-def split_answer(ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, answer_ids)`` of a tokenized sft row: the answer is the last trained run of tokens.
-
-    >>> split_answer([1, 2, 3, 4, 5], [-100, -100, 3, 4, -100])
-    ([1, 2], [3, 4])
-    """
-    trained = [j for j, label in enumerate(labels) if label != IGNORE_INDEX]
-    if not trained:
-        return ids, []
-    end = trained[-1]
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    return ids[:start], ids[start : end + 1]
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """The length of the longest common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-class PairTokenizer:
-    """Tokenizes prompt/chosen/rejected rows as ``sft`` tokenizes a prompt and its answer."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        self.sft = SFTObjective(SFTOptions())
-        self.tokenizer = tokenizer
-        self.eos = eos_id(tokenizer)
-        self.specials = special_ids(tokenizer)
-
-    def answer(self, prompt: str | list[dict[str, str]], answer: str) -> tuple[list[int], list[int]]:
-        """The prompt's and the answer's tokens (the answer closed by its trained end token)."""
-        if isinstance(prompt, str):
-            ids, labels = self.sft._prompt_completion(prompt, answer, self.tokenizer, self.eos)
-        else:
-            messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-            ids, labels = self.sft._chat([*messages, {"role": "assistant", "content": answer}], self.tokenizer, self.eos, self.specials)
-        return split_answer(ids, labels)
-
-    def pair(self, row: dict[str, Any], max_length: int) -> dict[str, Any]:
-        prompt_c, chosen = self.answer(row["prompt"], row["chosen"])
-        prompt_r, rejected = self.answer(row["prompt"], row["rejected"])
-        shared = common_prefix(prompt_c, prompt_r)
-        if shared < len(prompt_c) or shared < len(prompt_r):  # a token merged across the boundary: answers start apart
-            chosen, rejected = prompt_c[shared:] + chosen, prompt_r[shared:] + rejected
-        prompt = prompt_c[:shared]
-        room = max(0, max_length - len(prompt))
-        truncated = len(chosen) > room or len(rejected) > room
-        return {"prompt_ids": prompt, "chosen_ids": chosen[:room], "rejected_ids": rejected[:room],
-                "length": len(prompt) + max(len(chosen[:room]), len(rejected[:room])), "truncated": truncated}
-
-
-def tokenize_pairs(rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, objective: str) -> Dataset:
-    """Preference rows as ``prompt_ids``/``chosen_ids``/``rejected_ids`` (and ``length``, ``row``); rows whose
-    prompt leaves no room for an answer within ``max_length`` are dropped with a warning."""
-    pairs = PairTokenizer(tokenizer)
-
-    def one(row: dict[str, Any], index: int) -> dict[str, Any]:
-        return {**pairs.pair(row, max_length), "row": index}
-
-    out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc=f"tokenizing ({objective})")
-    truncated = sum(out["truncated"])
-    if truncated:
-        log.warning("%s: %d of %d pairs were longer than max_length=%d; their answers were cut.", objective, truncated, len(out), max_length)
-    empty = [i for i, (c, r) in enumerate(zip(out["chosen_ids"], out["rejected_ids"], strict=True)) if not c or not r]
-    if empty:
-        if len(empty) == len(out):
-            raise DataError(
-                f"no pair has room for its answers within max_length={max_length}; raise training.max_length or "
-                "shorten the prompts."
-            )
-        log.warning("%s: dropping %d pairs whose prompt fills max_length=%d (first: row %d).", objective, len(empty), max_length, empty[0])
-        drop = set(empty)
-        out = out.select([i for i in range(len(out)) if i not in drop])
-    return out.remove_columns(["truncated"])
 
 
 def dpo_trainer_class() -> type[Any]:
@@ -192,3 +106,8 @@ class DPOObjective:
         settings = {"beta": o.beta, "loss_type": list(o.loss_type), "loss_weights": o.loss_weights,
                     "label_smoothing": o.label_smoothing, "max_length": None}  # tokenize_pairs cut the pairs already
         return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": frozen_copy(model)}, DPO_LOGGED)
+
+
+@hookimpl
+def register_objectives(register: Register) -> None:
+    register(DPOObjective)

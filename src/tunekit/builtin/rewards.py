@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from tunekit.data.chat import adds_special_tokens
 from tunekit.errors import DataError, ModelLoadError
 from tunekit.evaluation import normalize
 from tunekit.hookspecs import Register, hookimpl
@@ -141,8 +142,8 @@ class LengthReward:
 
 class ModelRewardOptions(PartOptions):
     path: str = Field(
-        description="A local sequence-classification model directory: the `model/` of a `reward-model` run (a full "
-        "or merged save) or any transformers AutoModelForSequenceClassification directory."
+        description="A local sequence-classification model: a `reward-model` run (or its `model/` save, LoRA "
+        "adapters included) or any transformers AutoModelForSequenceClassification directory."
     )
     batch_size: int = Field(default=8, ge=1, description="Completions scored per forward pass.")
     max_length: int = Field(
@@ -151,33 +152,35 @@ class ModelRewardOptions(PartOptions):
 
 
 _PATH_HELP = (
-    "pass a directory saved by a `reward-model` run (its `model/` folder, a full or merged save), or any "
-    "transformers sequence-classification model directory (with config.json)"
+    "pass a `reward-model` run directory (or its `model/` save), or any transformers sequence-classification "
+    "model directory (with config.json)"
 )
 
 
-def reward_model_directory(path: str) -> Path:
-    """The transformers model directory ``path`` names, or a ``ModelLoadError`` saying what to pass.
+def _adapter_format(folder: Path) -> str | None:
+    """The format of a tunekit save that is not a standalone model (a LoRA adapter...), else None."""
+    meta_path = folder / "tunekit.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        fmt = json.loads(meta_path.read_text(encoding="utf-8")).get("format")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"reward 'model': {str(meta_path)!r} is not readable tunekit metadata ({exc}); {_PATH_HELP}.") from exc
+    return None if fmt == "full" else str(fmt)
 
-    A tunekit run directory stands for its ``model/`` save; a tunekit save of an adapter is refused
-    (it needs its base and strategy: merge it first)."""
+
+def reward_model_directory(path: str) -> Path:
+    """The model directory ``path`` names, or a ``ModelLoadError`` saying what to pass.
+
+    A tunekit run directory stands for its ``model/`` save; a tunekit save of an adapter (a LoRA reward
+    model) is loaded onto its base as ``Tuner.load`` would."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ModelLoadError(f"reward 'model': path {path!r} is not a directory; {_PATH_HELP}.")
     if (folder / "model" / "tunekit.json").is_file() and not (folder / "tunekit.json").is_file():
         folder = folder / "model"  # a run directory: its final save
-    meta_path = folder / "tunekit.json"
-    if meta_path.is_file():
-        try:
-            fmt = json.loads(meta_path.read_text(encoding="utf-8")).get("format")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            fmt = None
-        if fmt != "full":
-            raise ModelLoadError(
-                f"reward 'model': {str(folder)!r} is a tunekit save in format {fmt!r} (an adapter or a plugin "
-                "format), which needs its base model and strategy to load. Merge it into a standalone model "
-                "first: `Tuner.load(path).save_merged(out)` (or `tunekit merge`), and point `path` at `out`."
-            )
+    if _adapter_format(folder) is not None:
+        return folder  # a tunekit save of an adapter: loaded onto its base by tunekit (see ModelReward._load)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"reward 'model': {str(folder)!r} has no config.json, so it is not a model directory; {_PATH_HELP}.")
     try:
@@ -191,6 +194,21 @@ def reward_model_directory(path: str) -> Path:
             f"classifier, so its score head would be random; {_PATH_HELP}."
         )
     return folder
+
+
+def _load_tunekit_save(folder: Path) -> tuple[Any, Any]:
+    """A tunekit save in a strategy's own format (a LoRA adapter) restored onto its base, as ``Tuner.load`` does."""
+    from tunekit.config import TuneConfig, build_part
+    from tunekit.config_files import read_config_file
+    from tunekit.models.setup import load_for_run
+    from tunekit.training.precision import choose_precision
+
+    config = TuneConfig.model_validate(read_config_file(folder / "tunekit.yaml"))
+    if getattr(config.objective, "name", None) != "reward-model":
+        raise ModelLoadError(f"reward 'model': {str(folder)!r} was not trained by the reward-model objective; {_PATH_HELP}.")
+    strategy, quantizer = build_part("strategy", config.strategy, "strategy"), build_part("quantizer", config.quantizer, "quantizer")
+    model, tokenizer, _ = load_for_run(config, strategy, quantizer, choose_precision(config.training.precision), saved=folder)
+    return model, tokenizer
 
 
 class ModelReward:
@@ -211,8 +229,11 @@ class ModelReward:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.directory)
-            model = AutoModelForSequenceClassification.from_pretrained(self.directory)
+            if _adapter_format(self.directory) is not None:
+                model, tokenizer = _load_tunekit_save(self.directory)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(self.directory)
+                model = AutoModelForSequenceClassification.from_pretrained(self.directory)
         except Exception as exc:  # a broken or incomplete directory: say which, not a deep traceback
             raise ModelLoadError(
                 f"reward 'model': could not load {str(self.directory)!r} ({type(exc).__name__}: {str(exc)[:300]}); {_PATH_HELP}."
@@ -239,9 +260,10 @@ class ModelReward:
         scores: list[float] = []
         step = self.options.batch_size
         for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
             batch = tokenizer(
-                texts[start : start + step], padding=True, truncation=True, max_length=self.options.max_length,
-                return_tensors="pt",
+                chunk, padding=True, truncation=True, max_length=self.options.max_length, return_tensors="pt",
+                add_special_tokens=adds_special_tokens(tokenizer, chunk[0]),  # no second BOS after a chat template's
             ).to(device)
             with torch.no_grad():
                 logits = model(**batch).logits.float()
