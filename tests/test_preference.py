@@ -282,3 +282,23 @@ def test_a_reward_model_learns_the_preference_and_the_model_reward_loads_its_run
     scores = reward.score([r["chosen"] for r in rows] + [r["rejected"] for r in rows], prompts=[r["prompt"] for r in rows] * 2,
                           references=[None] * 8)
     assert min(scores[:4]) > max(scores[4:])  # the reward model's preference, read back through the model reward
+
+
+# -- kto -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_kto_learns_from_pairs_unpaired_into_good_and_bad_answers(tiny_llama, tmp_path, strategy):
+    tuner = Tuner(model=str(tiny_llama), strategy=strategy, objective="kto", output_dir=str(tmp_path / "run"),
+                  training=quick(max_steps=8, learning_rate=2e-2 if strategy == "lora" else 5e-3))
+    result = tuner.fit(colour_pairs(32), eval=colour_pairs(8, "R"), metrics=["loss", "preference_accuracy"], baseline=True)
+    assert result.loss_history[0].loss == pytest.approx(0.5, abs=1e-3)  # sigmoid(0): the policy is its reference
+    assert result.loss_history[-1].loss < 0.45
+    assert result.eval_metrics["preference_accuracy"] > result.base_eval_metrics["preference_accuracy"]
+    assert result.train_figures["rewards/margins"] > 0
+
+
+def test_kto_takes_judged_answers_and_refuses_labels_that_are_not_booleans(tiny_gpt2, tmp_path):
+    judged = [{"prompt": f"Q{i}: colour?", "completion": " blue sky" if i % 2 else " red wine", "label": bool(i % 2)} for i in range(16)]
+    tuner = Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "run"), training=quick(max_steps=2))
+    assert tuner.fit(judged).objective == "kto"  # chosen by the rows' format
+    with pytest.raises(DataError, match="'label' must be true .* or false"):
+        Tuner(model=str(tiny_gpt2), objective="kto").evaluate([{**judged[0], "label": "good"}])

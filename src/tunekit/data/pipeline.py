@@ -131,7 +131,7 @@ def _normalise(rows: Any, options: DataOptions, where: str, wrap_prompts: bool) 
         fmt, rows = normalise_rows(rows, options.columns, where=where)
     if fmt == "prompt_completion" and wrap_prompts:
         return "chat", wrap_as_chat(rows)
-    if fmt in {"preference", "prompt"} and wrap_prompts:  # the prompt is asked as a user turn, as at inference
+    if fmt in {"preference", "unpaired_preference", "prompt"} and wrap_prompts:  # the prompt is asked as a user turn, as at inference
         return fmt, rows.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}] if isinstance(r["prompt"], str) else r["prompt"]})
     if fmt == "prompt_completion" and "system" in (rows.column_names or []):
         log.warning(
@@ -186,7 +186,7 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
             rows = rows.rename_columns(renames)
             names = [renames.get(n, n) for n in names]
     fmt = detect_format(names)
-    if fmt in {"preference", "prompt"}:
+    if fmt in {"preference", "unpaired_preference", "prompt"}:
         raise DataError(
             f"{where} is a stream of {fmt} rows; tunekit reads {fmt} rows as a dataset it can count. Load it without "
             "streaming (a datasets.Dataset, or streaming: false)."
@@ -216,6 +216,8 @@ def choose_objective(spec_name: str | None, row_format: str) -> str:
         return spec_name
     if row_format == "preference":
         return "dpo"
+    if row_format == "unpaired_preference":
+        return "kto"
     return "causal-lm" if row_format in {"text", "classification"} else "sft"
 
 

@@ -12,6 +12,8 @@ Recognised formats (after ``data.columns`` renames):
   first (``dpo``, ``reward-model``). The prompt is a text or a list of chat messages; the answers are
   texts or one assistant message each. Chat pairs may also give ``chosen`` and ``rejected`` as two
   whole conversations that share their history and differ in the last assistant turn.
+- ``unpaired_preference``: ``{"prompt", "completion", "label"}`` with a boolean label, one answer judged
+  good (true) or bad (false) (``kto``);
 - ``prompt``: ``{"prompt"}`` and optionally ``"reference"``, prompts to answer (``grpo``).
 """
 
@@ -31,6 +33,7 @@ FORMATS_HELP = (
     "{'text'} for raw text; {'text', 'label'} (and optionally 'text_pair') for classification; "
     "{'prompt', 'completion'}; {'instruction', 'input', 'output'}; "
     "{'messages': [{'role', 'content'}, ...]} for chat; {'prompt', 'chosen', 'rejected'} for preference pairs; "
+    "{'prompt', 'completion', 'label'} (label true or false) for judged answers; "
     "or {'prompt'} (and optionally 'reference') for prompts to answer"
 )
 
@@ -42,6 +45,8 @@ def detect_format(columns: list[str]) -> str:
         return "chat"
     if {"chosen", "rejected"} <= cols:
         return "preference"
+    if {"prompt", "completion", "label"} <= cols:
+        return "unpaired_preference"
     if {"prompt", "completion"} <= cols:
         return "prompt_completion"
     if {"instruction", "output"} <= cols:
@@ -94,6 +99,17 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
     fmt = detect_format(rows.column_names)
     if fmt == "preference":
         return fmt, _preference_rows(rows, where)
+    if fmt == "unpaired_preference":
+        rows = rows.select_columns(["prompt", "completion", "label"])
+        for i, row in enumerate(rows):
+            _check_prompt(row["prompt"], f"{where} row {i}, column 'prompt'")
+            _check_str(row["completion"], f"{where} row {i}, column 'completion'")
+            if not isinstance(row["label"], bool):
+                raise DataError(
+                    f"{where} row {i}, column 'label' must be true (a good answer) or false (a bad one), got "
+                    f"{row['label']!r:.40}; prompt/completion/label rows are judged answers for kto."
+                )
+        return fmt, rows
     if fmt == "prompt":
         has_reference = "reference" in rows.column_names
         rows = rows.select_columns(["prompt"] + (["reference"] if has_reference else []))
