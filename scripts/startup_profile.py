@@ -119,10 +119,10 @@ def parse_importtime(stderr: str) -> list[tuple[int, int, int, str]]:
     return rows
 
 
-def run_once(root: Path, strategy: str, index: int, env: dict[str, str]) -> dict[str, Any]:
+def run_once(root: Path, strategy: str, index: int, env: dict[str, str], side: str = "") -> dict[str, Any]:
     config = root / f"{strategy}.yaml"
-    report = root / f"{strategy}-{index}.json"
-    out_dir = root / f"run-{strategy}-{index}"
+    report = root / f"{strategy}{side}-{index}.json"
+    out_dir = root / f"run-{strategy}{side}-{index}"
     env = {**env, "STARTUP_PROFILE_REPORT": str(report), "STARTUP_PROFILE_WATCHED": json.dumps(WATCHED),
            "STARTUP_PROFILE_MARK": MARK}
     command = [sys.executable, "-X", "importtime", "-c", DRIVER, "fit", str(config), "--data", str(root / "train.jsonl"),
@@ -138,7 +138,7 @@ def run_once(root: Path, strategy: str, index: int, env: dict[str, str]) -> dict
     before, _, after = proc.stderr.partition(MARK)
     rows = parse_importtime(before)  # only what was imported before the first step
     return {
-        "strategy": strategy,
+        "strategy": strategy + side,
         "to_first_step_s": probe["first_step_at"] - started,
         "process_s": ended - started,
         "import_s": sum(c for _, c, d, _ in rows if d == 0) / 1e6,
@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=15, help="how many imports to list")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--baseline-src", type=Path, help="also run each fit with this tunekit src/ directory "
+                        "(e.g. an export of an earlier commit), interleaved, and report after/before ratios")
     args = parser.parse_args()
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
 
@@ -191,8 +193,14 @@ def main() -> None:
         started = time.time()
         subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
         bare = time.time() - started
-        run_once(root, strategies[0], -1, env)  # warm-up, discarded: writes the .pyc caches
-        runs = [run_once(root, s, i, env) for i in range(args.repeats) for s in strategies]
+        sides = {"": env}
+        if args.baseline_src:
+            sides["@baseline"] = {**env, "PYTHONPATH": os.pathsep.join(
+                [str(args.baseline_src.resolve()), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])}
+        for side, side_env in sides.items():  # warm-up, discarded: writes the .pyc caches
+            run_once(root, strategies[0], -1, side_env, side)
+        runs = [run_once(root, s, i, side_env, side)
+                for i in range(args.repeats) for s in strategies for side, side_env in sides.items()]
         marginal: dict[str, list[float]] = {name: [] for name in MARGINAL_OF}
         for _ in range(args.repeats):
             for name in MARGINAL_OF:
@@ -202,7 +210,7 @@ def main() -> None:
 
     print(f"python: {sys.version.split()[0]}; bare interpreter start {bare:.2f} s; {args.repeats} run(s) per strategy, "
           f"interleaved; tiny {args.arch}, 1 step, fresh process each; load average {os.getloadavg()[0]:.1f}\n")
-    for strategy in strategies:
+    for strategy in [s + side for s in strategies for side in sides]:
         mine = [r for r in runs if r["strategy"] == strategy]
         first = [r["to_first_step_s"] for r in mine]
         imports = [r["import_s"] for r in mine]
@@ -229,6 +237,17 @@ def main() -> None:
         for name in ("peft", "bitsandbytes", "trl", "datasets", "pandas", "matplotlib", "tensorboard", "accelerate"):
             if name in best["via"]:
                 print(f"     {best['cumulative'][name]:7.3f} s  {name}  via {' > '.join(best['via'][name])}")
+        print()
+    if args.baseline_src:
+        print(f"this code / {args.baseline_src} (paired run by run, median and range):")
+        for strategy in strategies:
+            for key, what in (("to_first_step_s", "time to first step"), ("gc_s", "garbage collection")):
+                ratios = [a[key] / b[key] for a, b in zip(
+                    [r for r in runs if r["strategy"] == strategy],
+                    [r for r in runs if r["strategy"] == strategy + "@baseline"], strict=True) if b[key] > 0]
+                if ratios:
+                    print(f"     {strategy}: {what} {statistics.median(ratios):.2f}x "
+                          f"({min(ratios):.2f}-{max(ratios):.2f}, n={len(ratios)})")
         print()
     print("what importing one library adds once torch, transformers (with the modules peft pulls in), "
           "accelerate and datasets are imported (fresh process each):")
