@@ -22,6 +22,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     if args.nproc > 1 and not is_distributed_launch():
         return _relaunch_with_torchrun(args.nproc)
+    from tunekit.startup import import_training_libraries
+
+    import_training_libraries()
     from tunekit.tuner import Tuner
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else {}
@@ -42,7 +45,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_preflight(args: argparse.Namespace) -> int:
+    from tunekit.startup import import_training_libraries
     from tunekit.tuner import Tuner
+
+    import_training_libraries()
 
     tuner = Tuner.from_config(args.config)
     report = tuner.preflight(args.data, estimate=not args.no_estimate)

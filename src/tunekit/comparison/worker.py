@@ -215,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m tunekit.comparison.worker JOB.json", file=sys.stderr)
         return 2
+    from tunekit.startup import import_training_libraries
+
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    import_training_libraries()  # a fresh process per candidate and seed: each pays this start
     record = run_job(job)
     path = Path(job["record_path"])
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
