@@ -135,7 +135,7 @@ def main() -> None:
         training={"batch_size": 8, "max_length": 128, "cpu_threads": threads, "logging_steps": 1, "warmup_ratio": 0.1},
         strategy=LORA,
     )
-    print(report.to_markdown() if hasattr(report, "to_markdown") else report)
+    print(report.to_markdown())
     summary = {"split": args.split, "start_exact_match_train": start_train_em, "start_exact_match_eval": start_eval_em,
                "pairs": len(pairs), "seconds": time.perf_counter() - started}
     (out / f"summary-{args.split}.json").write_text(json.dumps(summary, indent=2))

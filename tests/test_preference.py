@@ -80,6 +80,10 @@ def test_dpo_lowers_its_loss_and_prefers_the_chosen_answers(tiny_llama, tmp_path
     assert result.train_figures["rewards/margins"] > 0 and "rewards/accuracies" in result.train_figures
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["loss_history"][-1]["figures"]["rewards/margins"] == pytest.approx(result.train_figures["rewards/margins"])
+    assert "train rewards/margins (last logged)" in (tmp_path / "run" / "README.md").read_text()
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "run" / "loss.png").shape[1] > 1200  # the reward curves beside the loss
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", ["sigmoid", "sft"]])

@@ -54,9 +54,10 @@ def write_loss_plot(result: FitResult, path: Path, *, title: str = "") -> Path |
     except ImportError:
         log.warning("tunekit: matplotlib is not installed, so no loss plot was drawn (pip install matplotlib).")
         return None
-    fig = Figure(figsize=(7, 4), dpi=110)
+    curves = figure_curves(result)
+    fig = Figure(figsize=(12 if curves else 7, 4), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = fig.add_subplot(1, 2 if curves else 1, 1)
     ax.plot([s for s, _ in points], [v for _, v in points], marker="." if len(points) < 40 else None, label="train loss")
     if evals:
         ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", label="eval loss")
@@ -68,9 +69,33 @@ def write_loss_plot(result: FitResult, path: Path, *, title: str = "") -> Path |
     ax.set_title(f"{title}: {result.strategy} ({result.objective}), {result.steps} steps")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    if curves:  # the objective's own figures beside the loss: GRPO's reward, DPO's reward margin...
+        side = fig.add_subplot(1, 2, 2)
+        for name, values in curves.items():
+            side.plot([s for s, _ in values], [v for _, v in values], marker="." if len(values) < 40 else None, label=name)
+        side.set_xlabel("optimizer step")
+        side.set_title(f"{result.objective}: what the trainer logged")
+        side.xaxis.set_major_locator(MaxNLocator(integer=True))
+        side.grid(True, alpha=0.3)
+        side.legend()
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+CURVES = ("reward", "reward_std", "kl", "rewards/margins", "rewards/accuracies", "margin", "accuracy")
+"""The logged figures drawn beside the loss, where an objective's trainer logs them (trl's names)."""
+
+
+def figure_curves(result: FitResult) -> dict[str, list[tuple[int, float]]]:
+    """``{name: [(step, value)]}`` of the :data:`CURVES` the run's trainer logged (empty for sft and causal-lm)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for point in result.loss_history:
+        for name in CURVES:
+            value = point.figures.get(name)
+            if value is not None and math.isfinite(value):
+                curves.setdefault(name, []).append((point.step, value))
+    return curves
 
 
 def write_confusion_plot(report: dict[str, Any], path: Path, *, title: str = "") -> Path | None:
@@ -129,6 +154,7 @@ def model_card(
     if result.eval_loss is not None:
         metrics += [("eval loss", result.eval_loss), ("eval perplexity", result.eval_perplexity)]
     metrics += [(f"eval {k}", v) for k, v in result.eval_metrics.items() if k not in {"loss", "perplexity"}]
+    metrics += [(f"train {k} (last logged)", v) for k, v in result.train_figures.items()]
     lines = [
         f"# {config.model}, tuned with {result.strategy}",
         "",
