@@ -862,7 +862,10 @@ MEMORY_RUNS: dict[str, tuple[Any, str, dict[str, Any]]] = {  # strategy, quantiz
     "lora-none-dropout": ({"name": "lora", "dropout": 0.05}, "none", {}),
     "lora-none-all-logits": ("lora", "none", {"trained_logits_only": False}),
     "lora-none-trained-logits": ("lora", "none", {"trained_logits_only": True}),
+    "dpo-lora-disabled-adapter": ("lora", "none", {"objective": "dpo"}),
+    "dpo-lora-copied-reference": ("lora", "none", {"objective": {"name": "dpo", "reference": "copy"}}),
 }
+"""Training options may name an ``objective`` (a TuneConfig field, not a training option): it trains on preference pairs."""
 
 
 def _vm_field(name: str) -> int:
@@ -904,18 +907,27 @@ def worker_memory(spec: dict[str, Any]) -> dict[str, Any]:
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers.trainer  # noqa: F401
+    import trl  # noqa: F401  (in the baseline of every run: the DPO runs compare training, not imports)
 
     import tunekit.training.loop  # noqa: F401
     from tunekit import Tuner
 
     rss_imports = _vm_field("VmRSS")
+    training = dict(spec["training"])
+    objective = training.pop("objective", None)
     tuner = Tuner(
         model=spec["model"], strategy=spec["strategy"], quantizer=spec["quantizer"], output_dir=spec["output_dir"],
-        training={"max_steps": spec["steps"], "progress_bar": False, **spec["training"]},
+        training={"max_steps": spec["steps"], "progress_bar": False, **training}, objective=objective,
     )
     unmap_weights(tuner.model)
     rss_loaded = _vm_field("VmRSS")
-    result = tuner.fit(mixed_rows(BATCH * spec["steps"], seed=6), overwrite=True)
+    if objective is not None:
+        from tunekit.testing import pair_rows
+
+        rows = pair_rows(BATCH * spec["steps"], seed=6)
+    else:
+        rows = mixed_rows(BATCH * spec["steps"], seed=6)
+    result = tuner.fit(rows, overwrite=True)
     return {
         "rss_imports": rss_imports, "rss_loaded": rss_loaded, "train_peak": result.peak_memory_bytes,
         "peak_kind": result.peak_memory_kind, "process_hwm": _vm_field("VmHWM") if result.peak_memory_kind != "cuda_max_allocated" else 0,
@@ -970,6 +982,8 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
             ("full", "full-none", "lora-none", "peak memory: full fine-tuning / LoRA", ""),
             ("lora-dropout", "lora-none-dropout", "lora-none", "peak memory: LoRA dropout 0.05 / tunekit's default 0", ""),
             ("all-logits", "lora-none-all-logits", "lora-none-trained-logits", "peak memory: LM head on every position / on trained positions only", ""),
+            ("dpo-reference", "dpo-lora-disabled-adapter", "dpo-lora-copied-reference",
+             "peak memory: DPO with LoRA, the adapter-disabled base as reference / a frozen copy of the model as reference", "< 1.0"),
         ]
         for name, num, den, measure, target in pairs:
             a, b = above_imports(num), above_imports(den)

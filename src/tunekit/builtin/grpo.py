@@ -71,7 +71,7 @@ def grpo_trainer_class() -> type[Any]:
             if prompts and all(isinstance(p, str) for p in prompts):
                 # trl tokenizes text prompts with special tokens on, which gives a second BOS after a chat template
                 # that writes one; tunekit renders the chat template itself and asks adds_special_tokens, as sft does.
-                tokenizer = self.processing_class
+                tokenizer: Any = self.processing_class
                 return [list(tokenizer(p, add_special_tokens=adds_special_tokens(tokenizer, p))["input_ids"]) for p in prompts], None, {}
             return super()._tokenize_prompts(prompts)
 

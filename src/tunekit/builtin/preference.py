@@ -48,6 +48,9 @@ class DPOOptions(PartOptions):
     loss_weights: list[float] | None = Field(default=None, description="One weight per loss_type when several are combined.")
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=0.5, description=(
         "The assumed share of pairs whose labels are flipped (robust and exo_pair losses; must be > 0 for exo_pair)."))
+    reference: Literal["auto", "copy"] = Field(default="auto", description=(
+        "The reference model: 'auto' is the base with the adapter disabled under LoRA (no second copy in memory) and a "
+        "frozen copy of the starting model otherwise; 'copy' keeps a frozen copy of the starting model in every case."))
 
     @field_validator("loss_type", mode="before")
     @classmethod
@@ -109,7 +112,8 @@ class DPOObjective:
         o = self.options
         settings = {"beta": o.beta, "loss_type": list(o.loss_type), "loss_weights": o.loss_weights,
                     "label_smoothing": o.label_smoothing, "max_length": None}  # tokenize_pairs cut the pairs already
-        return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": frozen_copy(model)}, DPO_LOGGED)
+        reference = frozen_copy(model, even_with_adapters=o.reference == "copy")
+        return TrainerPlan(dpo_trainer_class(), DPOConfig, settings, {"ref_model": reference}, DPO_LOGGED)
 
 
 class KTOOptions(PartOptions):

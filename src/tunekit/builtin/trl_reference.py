@@ -45,10 +45,11 @@ class AdapterReference:
                 self.model.delete_adapter(REFERENCE_ADAPTER)  # type: ignore[attr-defined]
 
 
-def frozen_copy(model: Any) -> Any:
+def frozen_copy(model: Any, *, even_with_adapters: bool = False) -> Any:
     """The reference of a model that trains its own weights (full, head): a frozen copy of it as training
-    starts. A peft model needs none (None: its adapter is disabled instead, see :class:`AdapterReference`)."""
-    if hasattr(model, "peft_config"):
+    starts. A peft model needs none (None: its adapter is disabled instead, see :class:`AdapterReference`)
+    unless ``even_with_adapters`` (dpo's ``reference: copy``, which the memory benchmark compares with)."""
+    if hasattr(model, "peft_config") and not even_with_adapters:
         return None
     ref = copy.deepcopy(model)
     ref.requires_grad_(False)

@@ -157,7 +157,7 @@ def train(
         # Grouping sorts rows by length, which needs them all; a stream is read in its own order.
         log.info("tunekit: training.group_by_length does not apply to a stream; its rows are batched in the order read.")
         group_by_length = False
-    arguments = dict(
+    arguments: dict[str, Any] = dict(
         output_dir=output_dir,
         per_device_train_batch_size=o.batch_size,
         per_device_eval_batch_size=o.batch_size,

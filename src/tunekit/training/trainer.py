@@ -22,7 +22,7 @@ import shutil
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -73,7 +73,13 @@ class InterruptCallback(TrainerCallback):  # type: ignore[misc]
     on_log = on_step_end
 
 
-class StagedCheckpoints:
+if TYPE_CHECKING:  # a mixin for any Trainer subclass: typed as one, a plain class at run time
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
+
+
+class StagedCheckpoints(_TrainerBase):  # type: ignore[misc]
     """What tunekit changes in any transformers ``Trainer``, tunekit's own or one of trl's (DPO, GRPO...).
 
     Mixed in before the trainer class (:func:`with_tunekit`): staged checkpoints that never rotate
