@@ -140,3 +140,16 @@ def test_stream_fingerprint_records_its_first_rows(tiny_gpt2, tmp_path):
     other = tuner._prepare(Dataset.from_list(ROWS[1:]).to_iterable_dataset()).train
     assert rows_digest(first).startswith("stream:") and rows_digest(first) == rows_digest(again)
     assert rows_digest(first) != rows_digest(other)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_iso_dates_in_json_files_stay_the_strings_written(tmp_path, suffix):
+    """pyarrow's JSON reader turns any ISO 8601 string into a timestamp; a date answer must stay text."""
+    import json
+
+    from tunekit.builtin.adapters import FilesAdapter, FilesOptions
+
+    rows = [{"prompt": "17 May 2088 ->", "completion": "2088-05-17"}, {"prompt": "noon ->", "completion": "2001-01-01T12:00:00"}]
+    path = tmp_path / f"rows{suffix}"
+    path.write_text("\n".join(json.dumps(r) for r in rows) if suffix == ".jsonl" else json.dumps(rows))
+    assert FilesAdapter(FilesOptions()).load(path).train.to_list() == rows

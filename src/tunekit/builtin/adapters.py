@@ -255,7 +255,35 @@ class FilesAdapter:
                 f"could not read {str(path)!r} as {path.suffix} ({why}). "
                 "Check that the file is valid and every row has the same columns."
             ) from exc
+        if loader == "json" and _has_time_types(ds.features):
+            ds = _json_as_written(path)
         return LoadedData(ds, None, str(path))
+
+
+def _has_time_types(features: Any) -> bool:
+    """Whether datasets' JSON reader turned some strings into dates or times (pyarrow infers a timestamp from
+    any ISO 8601 string: the answer ``"2088-05-17"`` came back as ``datetime(2088, 5, 17)``)."""
+    text = repr(features)
+    return any(kind in text for kind in ("timestamp[", "date32", "date64", "time32", "time64"))
+
+
+def _json_as_written(path: Path) -> Any:
+    """A JSON Lines (or JSON) file read with Python's json module, every value as written."""
+    import json
+
+    from datasets import Dataset
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError:  # JSON Lines in a .json file, which datasets reads too
+            data = None
+        if isinstance(data, list):
+            return Dataset.from_list(data)
+        if isinstance(data, dict):
+            return Dataset.from_dict(data)
+    return Dataset.from_list([json.loads(line) for line in text.splitlines() if line.strip()])
 
 
 def _saved_dataset(path: Path) -> LoadedData:
