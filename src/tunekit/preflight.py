@@ -299,6 +299,11 @@ def boundary_findings(rows: Dataset, row_format: str) -> list[Finding]:
         "template string), which renders each row as a user turn and an assistant turn."))]
 
 
+def _prompt_text(prompt: Any) -> str:
+    """A prompt's text: itself, or its chat messages' contents joined."""
+    return prompt if isinstance(prompt, str) else "".join(str(m.get("content") or "") for m in prompt or [])
+
+
 def pair_findings(rows: Dataset, row_format: str) -> list[Finding]:
     """Errors for preference pairs that teach nothing, or the wrong thing: a chosen answer identical to the
     rejected one (no preference to learn), an empty answer (the model is pushed toward or away from
@@ -311,7 +316,7 @@ def pair_findings(rows: Dataset, row_format: str) -> list[Finding]:
         "empty-answer-in-pair": ("have an empty chosen or rejected answer; give both answers",
                                  lambda r: not r["chosen"].strip() or not r["rejected"].strip()),
         "empty-prompt-in-pair": ("have an empty prompt, so their answers answer nothing; give each pair its prompt",
-                                 lambda r: not (r["prompt"].strip() if isinstance(r["prompt"], str) else r["prompt"])),
+                                 lambda r: not _prompt_text(r["prompt"]).strip()),
     }
     findings = []
     for code, (what, bad) in checks.items():
