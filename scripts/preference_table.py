@@ -136,8 +136,10 @@ def main() -> None:
         strategy=LORA,
     )
     print(report.to_markdown())
+    rows = {row["candidate"]: {k: row.get(k) for k in ("exact_match", "preference_accuracy", "eval_loss", "wall_time_s", "status", "error")}
+            for row in report.table}
     summary = {"split": args.split, "start_exact_match_train": start_train_em, "start_exact_match_eval": start_eval_em,
-               "pairs": len(pairs), "seconds": time.perf_counter() - started}
+               "pairs": len(pairs), "candidates": rows, "seconds": time.perf_counter() - started}
     (out / f"summary-{args.split}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
