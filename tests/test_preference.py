@@ -306,3 +306,21 @@ def test_kto_takes_judged_answers_and_refuses_labels_that_are_not_booleans(tiny_
     assert tuner.fit(judged).objective == "kto"  # chosen by the rows' format
     with pytest.raises(DataError, match="'label' must be true .* or false"):
         Tuner(model=str(tiny_gpt2), objective="kto").evaluate([{**judged[0], "label": "good"}])
+
+
+# -- quantized bases ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("quantizer", ["bnb-8bit", "bnb-4bit"])
+def test_qlora_dpo_trains_and_reloads(quantizer, tiny_llama, tmp_path):
+    tuner = Tuner(model=str(tiny_llama), strategy="lora", quantizer=quantizer, objective="dpo", output_dir=str(tmp_path / "run"),
+                  training=quick(max_steps=6, learning_rate=2e-2))
+    result = tuner.fit(colour_pairs(24), eval=colour_pairs(8, "R"), metrics=["preference_accuracy"])
+    assert result.loss_history[-1].loss < result.loss_history[0].loss
+    again = Tuner.load(tmp_path / "run")
+    assert again.config.quantizer.name == quantizer
+    assert again.evaluate(colour_pairs(8, "R"), metrics=["preference_accuracy"]).metrics["preference_accuracy"] == pytest.approx(
+        result.eval_metrics["preference_accuracy"])
+
+
+def test_full_fine_tuning_on_a_quantized_base_is_refused_for_dpo_too(tiny_gpt2, tmp_path):
+    with pytest.raises(ConfigError, match="bnb-4bit"):
+        Tuner(model=str(tiny_gpt2), strategy="full", quantizer="bnb-4bit", objective="dpo", output_dir=str(tmp_path / "r")).fit(colour_pairs(8))
