@@ -91,6 +91,7 @@ class Settings:
     real_steps: int  # timed steps per run on the real model
     real: bool  # run the real-model rows
     real_note: str = ""
+    memory_runs: tuple[str, ...] = ()  # the memory case's runs (default: all of MEMORY_RUNS)
 
     def steps_for(self, model: str) -> int:
         return self.real_steps if model == REAL else self.steps
@@ -951,10 +952,11 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
     for model in models:
         steps = 1 if s.smoke else 3
         repeats = 1
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in MEMORY_RUNS}
+        chosen = {k: v for k, v in MEMORY_RUNS.items() if not s.memory_runs or k in s.memory_runs}
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in chosen}
         specs = [
             (key, {"model": ws.model(model), "strategy": st, "quantizer": q, "training": tr, "steps": steps, "output_dir": str(ws.run_dir(f"mem-{key}"))})
-            for _ in range(repeats) for key, (st, q, tr) in MEMORY_RUNS.items()
+            for _ in range(repeats) for key, (st, q, tr) in chosen.items()
         ]
         if s.smoke:  # in this process, one after another: checks the code path, the peaks are not separate
             for key, spec in specs:
@@ -974,7 +976,7 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
         def mib(x: float) -> str:
             return f"{x / 2**20:.0f} MiB"
 
-        kind = runs["lora-none"][0]["peak_kind"]
+        kind = next(iter(runs.values()))[0]["peak_kind"]
         what = "CUDA peak allocated" if kind == "cuda_max_allocated" else "peak RSS during fit minus RSS after imports; weights copied out of the file mapping"
         pairs = [
             ("bnb-4bit", "lora-bnb-4bit", "lora-none", "peak memory: LoRA on bnb-4bit / LoRA on none", "< 0.9"),
@@ -986,6 +988,8 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
              "peak memory: DPO with LoRA, the adapter-disabled base as reference / a frozen copy of the model as reference", "< 1.0"),
         ]
         for name, num, den, measure, target in pairs:
+            if num not in runs or den not in runs:  # --memory-runs left one of them out
+                continue
             a, b = above_imports(num), above_imports(den)
             if a <= 0 or b <= 0:  # smoke mode runs every fit in one process: peaks need not rise above the first
                 res.skip(f"memory/{model}/{name}", "memory", model, measure, "no memory measured above the import baseline (fits shared one process)")
@@ -1000,7 +1004,8 @@ def case_memory(res: Results, ws: Workspace, s: Settings, models: list[str]) -> 
                 f"{steps} steps, batch {BATCH}, own subprocess each",
                 data={"runs": {k: runs[k] for k in (num, den)}},
             ))
-        optimizer_rows(res, ws, model)
+        if not s.memory_runs:  # a chosen subset of runs is about those runs
+            optimizer_rows(res, ws, model)
 
 
 OPTIMIZER_CHOICES = ("adamw", "adafactor", "sgd", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
@@ -1420,6 +1425,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per run on tiny models (default 16)")
     p.add_argument("--no-real", action="store_true", help="skip the real-model rows even in full mode")
     p.add_argument("--real-only", action="store_true", help="only the real-model rows (full mode)")
+    p.add_argument("--memory-runs", default="", help=f"comma-separated subset of the memory case's runs: {','.join(MEMORY_RUNS)}")
     p.add_argument("--worker", choices=["memory", "load", "steps", "threads"], help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -1447,7 +1453,10 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(
         quick=args.quick, smoke=args.smoke, repeats=args.repeats or (1 if args.smoke else 3), warmup=1 if args.smoke else 2,
         steps=args.steps or (2 if args.smoke else 16), real_steps=4, real=False,
+        memory_runs=tuple(r.strip() for r in args.memory_runs.split(",") if r.strip()),
     )
+    if set(s.memory_runs) - set(MEMORY_RUNS):
+        raise SystemExit(f"unknown memory run(s) {sorted(set(s.memory_runs) - set(MEMORY_RUNS))}; choose from {list(MEMORY_RUNS)}")
     if not args.quick and not args.no_real:
         s.real, s.real_note = check_real()
     elif args.quick:

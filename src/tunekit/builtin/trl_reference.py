@@ -49,8 +49,13 @@ def frozen_copy(model: Any, *, even_with_adapters: bool = False) -> Any:
     """The reference of a model that trains its own weights (full, head): a frozen copy of it as training
     starts. A peft model needs none (None: its adapter is disabled instead, see :class:`AdapterReference`)
     unless ``even_with_adapters`` (dpo's ``reference: copy``, which the memory benchmark compares with)."""
-    if hasattr(model, "peft_config") and not even_with_adapters:
-        return None
-    ref = copy.deepcopy(model)
+    if hasattr(model, "peft_config"):
+        if not even_with_adapters:
+            return None
+        # the starting model as a plain transformers model (trl patches the reference's LM head, which a
+        # PeftModel wrapper hides): the adapter folded in, which for a fresh one changes nothing
+        ref = copy.deepcopy(model).merge_and_unload()
+    else:
+        ref = copy.deepcopy(model)
     ref.requires_grad_(False)
     return ref.eval()
