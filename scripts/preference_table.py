@@ -60,6 +60,17 @@ def start_model(rows: list[dict[str, Any]], out: Path, steps: int, threads: int)
     return merged
 
 
+def cached_pairs(cache: Path, model: Path, rows: list[dict[str, Any]], threads: int, *, wrong_only: bool) -> tuple[list[dict[str, Any]], float]:
+    """:func:`as_pairs`, kept in ``cache`` (next to the start model it came from) for the next run."""
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["rows"] == len(rows):
+            return saved["pairs"], saved["exact_match"]
+    pairs, exact = as_pairs(model, rows, threads, wrong_only=wrong_only)
+    cache.write_text(json.dumps({"rows": len(rows), "pairs": pairs, "exact_match": exact}))
+    return pairs, exact
+
+
 def as_pairs(model: Path, rows: list[dict[str, Any]], threads: int, *, wrong_only: bool) -> tuple[list[dict[str, Any]], float]:
     """Pairs of the reference (chosen) and the model's own answer (rejected) on ``rows``, and the model's exact match.
 
@@ -105,7 +116,7 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=6, help="steps of the short SFT run every candidate starts from")
     parser.add_argument("--pair-rows", type=int, default=200, help="training rows the start model answers to make pairs")
     parser.add_argument("--eval-rows", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=16, help="each candidate's budget, in optimizer steps of 8 rows / answers")
+    parser.add_argument("--steps", type=int, default=8, help="each candidate's budget, in optimizer steps of 8 rows / answers")
     parser.add_argument("--sft-lr", type=float, default=2e-4)
     parser.add_argument("--dpo-lr", type=float, nargs="+", default=[2e-4])
     parser.add_argument("--grpo-lr", type=float, nargs="+", default=[5e-5])
@@ -124,8 +135,8 @@ def main() -> None:
     held_out = held_out[: args.eval_rows]
     start = start_model(train[args.pair_rows :], out, args.sft_steps, threads)  # not the rows the pairs come from
     t = time.perf_counter()
-    pairs, start_train_em = as_pairs(start, train[: args.pair_rows], threads, wrong_only=True)
-    eval_pairs, start_eval_em = as_pairs(start, held_out, threads, wrong_only=False)
+    pairs, start_train_em = cached_pairs(out / "pairs-train.json", start, train[: args.pair_rows], threads, wrong_only=True)
+    eval_pairs, start_eval_em = cached_pairs(out / f"pairs-{args.split}.json", start, held_out, threads, wrong_only=False)
     print(f"start model: exact match {start_train_em:.0%} on {args.pair_rows} training rows ({len(pairs)} wrong: the pairs), "
           f"{start_eval_em:.0%} on the {len(held_out)} {args.split} rows ({time.perf_counter() - t:.0f} s)")
     report = compare(
