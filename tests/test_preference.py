@@ -324,3 +324,17 @@ def test_qlora_dpo_trains_and_reloads(quantizer, tiny_llama, tmp_path):
 def test_full_fine_tuning_on_a_quantized_base_is_refused_for_dpo_too(tiny_gpt2, tmp_path):
     with pytest.raises(ConfigError, match="bnb-4bit"):
         Tuner(model=str(tiny_gpt2), strategy="full", quantizer="bnb-4bit", objective="dpo", output_dir=str(tmp_path / "r")).fit(colour_pairs(8))
+
+
+def test_compare_puts_sft_dpo_and_grpo_side_by_side_on_one_set_of_pairs(tiny_gpt2, tmp_path):
+    from tunekit import compare
+
+    grpo = {"name": "grpo", "num_generations": 4, "max_completion_length": 4, "rewards": [{"name": "exact_match", "partial_credit": True}]}
+    report = compare(str(tiny_gpt2), [{"name": "sft", "objective": "sft"}, {"name": "dpo", "objective": "dpo"},
+                                      {"name": "grpo", "objective": grpo}],
+                     colour_pairs(16), colour_pairs(8, "R"), budget={"max_steps": 2}, metrics=["exact_match", "preference_accuracy"],
+                     output_dir=tmp_path / "compare", progress=False, strategy="lora", training={"batch_size": 8})
+    rows = {row["candidate"]: row for row in report.table}
+    assert [rows[n]["status"] for n in ("sft", "dpo", "grpo")] == ["ok", "ok", "ok"], report.to_markdown()
+    assert all(0 <= rows[n]["preference_accuracy"] <= 1 for n in rows)
+    assert rows["grpo"]["steps"] == rows["dpo"]["steps"] == 2

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
-from tunekit.builtin.objectives import SFTObjective, SFTOptions
+from tunekit.builtin.objectives import PairTokenizer, SFTObjective, SFTOptions
 from tunekit.builtin.trl_reference import AdapterReference
 from tunekit.data.chat import adds_special_tokens, eos_id, render_generation_prompt, special_ids
 from tunekit.data.collate import IGNORE_INDEX
@@ -125,6 +125,7 @@ class GRPOObjective:
     def tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> Dataset:
         sft = SFTObjective(SFTOptions())
         eos, specials = eos_id(tokenizer), special_ids(tokenizer)
+        pairs = PairTokenizer(tokenizer) if "chosen" in rows.column_names else None
         room = max_length - self.options.max_completion_length
         if room < 1:
             raise ConfigError([Problem("objective.max_completion_length", (
@@ -142,8 +143,12 @@ class GRPOObjective:
                     ids, labels = sft._chat([*prompt, {"role": "assistant", "content": reference}], tokenizer, eos, specials)
             else:
                 ids, labels = prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
-            return {"prompt": text, "reference": reference or "", "input_ids": ids[:max_length], "labels": labels[:max_length],
-                    "length": len(prompt_ids), "row": index}
+            out = {"prompt": text, "reference": reference or "", "input_ids": ids[:max_length], "labels": labels[:max_length],
+                   "length": len(prompt_ids), "row": index}
+            if pairs is not None:  # preference rows keep both answers, so evaluation can score the pair
+                pair = pairs.pair(row, max_length)
+                out.update({k: pair[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
+            return out
 
         out = rows.map(one, with_indices=True, remove_columns=rows.column_names, desc="tokenizing (grpo)")
         too_long = [i for i, n in enumerate(out["length"]) if n > room]
