@@ -338,3 +338,14 @@ def test_compare_puts_sft_dpo_and_grpo_side_by_side_on_one_set_of_pairs(tiny_gpt
     assert [rows[n]["status"] for n in ("sft", "dpo", "grpo")] == ["ok", "ok", "ok"], report.to_markdown()
     assert all(0 <= rows[n]["preference_accuracy"] <= 1 for n in rows)
     assert rows["grpo"]["steps"] == rows["dpo"]["steps"] == 2
+
+
+@pytest.mark.parametrize("objective, rows, says", [
+    ("dpo", sft_rows(4), "'prompt', 'chosen' and 'rejected'"),
+    ("reward-model", sft_rows(4), "'prompt', 'chosen' and 'rejected'"),
+    ("kto", [{"text": "raw"}], "true/false 'label'"),
+    ({"name": "grpo", "rewards": ["exact_match"]}, [{"text": "raw"}], "rows with a 'prompt'"),
+])
+def test_rows_an_objective_cannot_train_on_are_refused_saying_what_it_needs(tiny_gpt2, objective, rows, says):
+    with pytest.raises(ConfigError, match=says):
+        Tuner(model=str(tiny_gpt2), objective=objective).evaluate(rows)

@@ -282,6 +282,7 @@ class Objective(Part, Protocol):
       rows without generation: the loss, and what the metrics read (a :class:`ClassOutputs` of a
       classification head, the :class:`PairScores` of preference pairs).
     - ``predict(model, tokenizer, texts) -> list``: what ``Tuner.predict`` returns.
+    - ``rows_help`` (a string): what rows the objective trains on, added to the error for rows it does not accept.
     - ``trainer(model, tokenizer) -> TrainerPlan``: train with another trainer (trl's DPO, KTO, GRPO, reward
       trainers) instead of tunekit's cross-entropy one; see :class:`TrainerPlan`.
     """

@@ -107,6 +107,8 @@ class GRPOObjective:
     """
 
     name: ClassVar[str] = "grpo"
+    rows_help: ClassVar[str] = ("It answers prompts: rows with a 'prompt' (and optionally a 'reference'), prompt/completion, "
+                                "chat or preference rows.")
     description: ClassVar[str] = "Online RL: sample answers, score them with rewards, push up the better ones (trl's GRPO)."
     Options: ClassVar[type[GRPOOptions]] = GRPOOptions
 

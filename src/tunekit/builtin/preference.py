@@ -91,6 +91,7 @@ class DPOObjective:
     """
 
     name: ClassVar[str] = "dpo"
+    rows_help: ClassVar[str] = "It trains on preference pairs: rows with 'prompt', 'chosen' and 'rejected' columns."
     description: ClassVar[str] = "Preference pairs: trl's DPO (sigmoid, ipo, hinge, robust...) against the reference model."
     Options: ClassVar[type[DPOOptions]] = DPOOptions
 
@@ -192,6 +193,8 @@ class KTOObjective:
     """
 
     name: ClassVar[str] = "kto"
+    rows_help: ClassVar[str] = ("It trains on judged answers ('prompt', 'completion' and a true/false 'label') or on "
+                                "preference pairs ('prompt', 'chosen', 'rejected').")
     description: ClassVar[str] = "Answers judged good or bad (unpaired, or pairs unpaired): trl's KTO against the reference model."
     Options: ClassVar[type[KTOOptions]] = KTOOptions
 

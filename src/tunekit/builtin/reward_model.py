@@ -37,6 +37,7 @@ class RewardModelObjective:
     """
 
     name: ClassVar[str] = "reward-model"
+    rows_help: ClassVar[str] = "It trains on preference pairs: rows with 'prompt', 'chosen' and 'rejected' columns."
     description: ClassVar[str] = "Preference pairs: a one-output reward head trained to score the chosen answer higher (trl)."
     Options: ClassVar[type[RewardModelOptions]] = RewardModelOptions
     task: ClassVar[str] = TASK

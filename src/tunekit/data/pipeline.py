@@ -228,6 +228,8 @@ def build_objective(name: str, options: dict[str, Any], row_format: str) -> Any:
     objective = reg.cls(reg.options_model.model_validate(options))
     if not objective.accepts(row_format):
         hint = " Use objective='causal-lm' for raw text." if row_format == "text" else ""
+        if getattr(objective, "rows_help", ""):  # what the objective itself says it trains on
+            hint = f" {objective.rows_help}"
         if name == "classify":
             hint = (" It needs rows with a 'text' and a 'label' column (and optionally 'text_pair'); rename "
                     "other columns with data.columns, e.g. columns={'sentence': 'text', 'sentiment': 'label'}.")
