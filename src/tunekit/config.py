@@ -717,37 +717,48 @@ def build_metrics(specs: Sequence[str | Mapping[str, Any] | PartSpec] | str | Ma
     """Metric parts for ``specs``: names (``"exact_match"``), mappings with options
     (``{"name": "exact_match", "case_fold": True}``) or ``PartSpec``s (a config's ``metrics``).
     Every problem is reported at once."""
-    from tunekit.plugins import get_registry
-
     if specs is None:
         specs = DEFAULT_METRICS
     if isinstance(specs, (str, Mapping)):
         specs = [specs]
-    registry = get_registry("metric")
+    built, problems = _built_parts("metric", specs, lambda i: f"metrics.{i}")
     chosen: list[ChosenMetric] = []
+    for name, part, where in built:
+        if any(c.name == name for c in chosen):
+            problems.append(Problem(where, f"metric {name!r} is asked for twice; ask for each metric once"))
+            continue
+        chosen.append(ChosenMetric(name, part))
+    if problems:
+        _raise_problems(problems)
+    if not chosen:
+        raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
+    return chosen
+
+
+def _built_parts(kind: str, specs: Sequence[Any], where_of: Any) -> tuple[list[tuple[str, Any, str]], list[Problem]]:
+    """``(name, part, location)`` of every spec that validates as a registered part of ``kind``, and the
+    problems of the others (each located by ``where_of(index)``)."""
+    from tunekit.plugins import get_registry
+
+    registry = get_registry(kind)
+    built: list[tuple[str, Any, str]] = []
     problems: list[Problem] = []
     for i, spec in enumerate(specs):
-        where = f"metrics.{i}"
+        where = where_of(i)
         try:
             part = PartSpec.model_validate(spec)
         except ValidationError as exc:
             problems.extend(problems_from_validation(exc, prefix=where))
             continue
         found = validated_options(registry, part, where, problems)
-        if found is None:
-            continue
-        reg, options = found
-        if any(c.name == part.name for c in chosen):
-            problems.append(Problem(where, f"metric {part.name!r} is asked for twice; ask for each metric once"))
-            continue
-        chosen.append(ChosenMetric(part.name, reg.cls(options)))
-    if problems:
-        from tunekit.errors import UnknownPartError
+        if found is not None:
+            reg, options = found
+            built.append((part.name, reg.cls(options), where))
+    return built, problems
 
-        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
-    if not chosen:
-        raise ConfigError([Problem("metrics", "ask for at least one metric, e.g. ['loss', 'exact_match']")])
-    return chosen
+
+def _raise_problems(problems: list[Problem]) -> None:
+    raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
 
 
 def build_rewards(
@@ -763,26 +774,12 @@ def build_rewards(
     >>> [r.name for r in build_rewards(["exact_match", {"name": "length", "max_chars": 200}])]
     ['exact_match', 'length']
     """
-    from tunekit.plugins import get_registry
-
     if isinstance(specs, (str, Mapping, PartSpec)):
         specs = [specs]
-    registry = get_registry("reward")
-    chosen: list[Reward] = []
-    problems: list[Problem] = []
-    for i, spec in enumerate(specs):
-        where = f"{location}[{i}]"
-        try:
-            part = PartSpec.model_validate(spec)
-        except ValidationError as exc:
-            problems.extend(problems_from_validation(exc, prefix=where))
-            continue
-        found = validated_options(registry, part, where, problems)
-        if found is not None:
-            reg, options = found
-            chosen.append(reg.cls(options))
+    built, problems = _built_parts("reward", specs, lambda i: f"{location}[{i}]")
     if problems:
-        raise (UnknownPartError if any(p.code == "unknown_part" for p in problems) else ConfigError)(problems)
+        _raise_problems(problems)
+    chosen: list[Reward] = [part for _, part, _ in built]
     if not chosen:
         raise ConfigError([Problem(location, "ask for at least one reward, e.g. ['exact_match']")])
     return chosen
