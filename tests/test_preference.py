@@ -349,3 +349,16 @@ def test_compare_puts_sft_dpo_and_grpo_side_by_side_on_one_set_of_pairs(tiny_gpt
 def test_rows_an_objective_cannot_train_on_are_refused_saying_what_it_needs(tiny_gpt2, objective, rows, says):
     with pytest.raises(ConfigError, match=says):
         Tuner(model=str(tiny_gpt2), objective=objective).evaluate(rows)
+
+
+def test_pairs_come_from_files_and_datasets_like_every_row(tiny_gpt2, tiny_llama, tmp_path):
+    from datasets import Dataset
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in colour_pairs(8)))
+    from_file = Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "a"), training=quick(max_steps=1)).fit(str(path))
+    assert from_file.objective == "dpo"  # chosen by the rows' format
+    chats = [{"prompt": [{"role": "user", "content": p["prompt"]}], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in colour_pairs(8)]
+    from_dataset = Tuner(model=str(tiny_llama), objective="dpo", output_dir=str(tmp_path / "b"), training=quick(max_steps=1))
+    assert from_dataset.fit(Dataset.from_list(chats)).steps == 1
