@@ -78,6 +78,14 @@ def _new_cache(model: Any) -> Any:
     return DynamicCache(config=_base_model(model).config)
 
 
+def _plain_layers(cache: Any) -> bool:
+    """Whether every layer of ``cache`` is a plain growing KV layer (no sliding window, no linear attention),
+    whose rows can be spliced."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
 def greedy_token_ids(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -86,42 +94,129 @@ def greedy_token_ids(
     max_new_tokens: int,
     stop_ids: Sequence[int],
     pad_token_id: int,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[list[int]]:
-    """The greedy continuation of every prompt (token ids, a stop token included), in the prompts' order.
+    on_rows: Callable[[int], None] | None = None,
+) -> list[list[int]] | None:
+    """The greedy continuation of every prompt (token ids, a stop token included), in the prompts' order;
+    None where the model's cache is not one this loop can splice (use ``model.generate``).
 
-    ``prompts`` are batched as given (sort them by length first, so a batch pads little). The
-    prefix all prompts share, up to the shortest prompt's last token, is computed once. Call under
-    ``torch.no_grad()`` with the model in eval mode. ``on_batch(rows)`` is called after each batch.
+    At most ``batch_size`` rows are in flight. The prefix all prompts share (up to the shortest
+    prompt's last token) runs once; a row leaves the batch at its stop token or its
+    ``max_new_tokens``-th token, and the next prompt takes its place (its own tokens run, and its
+    KV rows join the batch's cache, aligned by masked padding between the prefix and its tokens).
+    Prompts enter longest first, so a newcomer always fits the batch's cache. Call under
+    ``torch.no_grad()`` with the model in eval mode. ``on_rows(k)`` is called as k rows finish.
     """
     import torch
 
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     keep_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
-    stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
-    prefix_len = min(shared_prefix_length(prompts), min((len(p) for p in prompts), default=1) - 1)
-    prefix_cache = None
+    extra = {"logits_to_keep": 1} if keep_logits else {}
+    prefix_len = max(0, min(shared_prefix_length(prompts), min(len(p) for p in prompts) - 1))
+    prefix_cache = _new_cache(model)
+    if not _plain_layers(prefix_cache):
+        return None
     if prefix_len > 0:
-        prefix_cache = _new_cache(model)
-        model(input_ids=torch.tensor([list(prompts[0][:prefix_len])], device=device), past_key_values=prefix_cache, use_cache=True,
-              **({"logits_to_keep": 1} if keep_logits else {}))
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        rows = [list(p[prefix_len:]) for p in prompts[start : start + batch_size]]
-        out.extend(_greedy_batch(model, rows, prefix_len, prefix_cache, max_new_tokens, stops, pad_token_id, keep_logits))
-        if on_batch is not None:
-            on_batch(len(rows))
-    return out
+        model(input_ids=torch.tensor([list(prompts[0][:prefix_len])], device=device), past_key_values=prefix_cache, use_cache=True, **extra)
+    stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers: list[list[int]] = [[] for _ in prompts]
+    state: _Batch | None = None
+    # a batch that keeps taking newcomers grows its cache by a position per step; past this length it drains first
+    longest = max(len(p) for p in prompts) - prefix_len
+    limit = prefix_len + 2 * (longest + max_new_tokens)
+    while queue or state is not None:
+        room = batch_size - (0 if state is None else len(state.rows))
+        # newcomers join in groups of half a batch: a prefill costs about the same for one row as for several
+        wanted = 1 if state is None else min(len(queue), max(1, batch_size // 2))
+        if queue and room >= wanted and (state is None or state.length <= limit):
+            taken, queue = queue[:room], queue[room:]
+            fresh = _start_rows(model, [list(prompts[i][prefix_len:]) for i in taken], taken, prefix_len, prefix_cache, pad_token_id, extra)
+            done = fresh.record(answers, stops, max_new_tokens)
+            if fresh.rows:
+                state = fresh if state is None else state.merge(fresh)
+        elif state is not None:
+            state.step(model)
+            done = state.record(answers, stops, max_new_tokens)
+            if not state.rows:
+                state = None
+        if on_rows is not None and done:
+            on_rows(done)
+    return answers
 
 
-def _greedy_batch(
-    model: Any, rows: list[list[int]], prefix_len: int, prefix_cache: Any, max_new_tokens: int, stops: Any, pad: int, keep_logits: bool
-) -> list[list[int]]:
+class _Batch:
+    """The rows in flight: their KV cache, attention mask, last position and the token each feeds next."""
+
+    def __init__(self, rows: list[int], cache: Any, mask: Any, last: Any, logits: Any):
+        self.rows, self.cache, self.mask, self.last = rows, cache, mask, last
+        self.next = logits[:, -1].argmax(dim=-1)
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    def step(self, model: Any) -> None:
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        self.last = self.last + 1
+        logits = model(input_ids=self.next[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
+                       past_key_values=self.cache, use_cache=True).logits
+        self.next = logits[:, -1].argmax(dim=-1)
+
+    def record(self, answers: list[list[int]], stops: Any, max_new_tokens: int) -> int:
+        """Append each row's new token; drop the rows that finished; how many did."""
+        import torch
+
+        going = []
+        for line, (row, token) in enumerate(zip(self.rows, self.next.tolist(), strict=True)):
+            answers[row].append(token)
+            if len(answers[row]) < max_new_tokens:
+                going.append(line)
+        if going:
+            on = torch.tensor(going, device=self.mask.device)
+            going = [g for g, stop in zip(going, torch.isin(self.next[on], stops).tolist(), strict=True) if not stop]
+        done = len(self.rows) - len(going)
+        if done:
+            keep = torch.tensor(going, dtype=torch.long, device=self.mask.device)
+            self.cache.batch_select_indices(keep)
+            self.rows = [self.rows[g] for g in going]
+            self.mask, self.last, self.next = self.mask[keep], self.last[keep], self.next[keep]
+        return done
+
+    def merge(self, fresh: _Batch) -> _Batch:
+        """``fresh``'s rows join this batch; their cache is padded (masked) after the prefix to this batch's length."""
+        import torch
+
+        gap = self.length - fresh.length
+        if gap < 0:
+            raise AssertionError("a newcomer longer than the batch (prompts enter longest first)")
+        at = fresh.prefix_len
+        for mine, theirs in zip(self.cache.layers, fresh.cache.layers, strict=True):
+            for name in ("keys", "values"):
+                new = getattr(theirs, name)
+                pad = new.new_zeros(new.shape[0], new.shape[1], gap, new.shape[3])
+                setattr(mine, name, torch.cat([getattr(mine, name), torch.cat([new[:, :, :at], pad, new[:, :, at:]], dim=2)], dim=0))
+        fresh_mask = torch.cat([fresh.mask[:, :at], fresh.mask.new_zeros(fresh.mask.shape[0], gap), fresh.mask[:, at:]], dim=1)
+        self.mask = torch.cat([self.mask, fresh_mask])
+        self.last = torch.cat([self.last, fresh.last])
+        self.next = torch.cat([self.next, fresh.next])
+        self.rows = self.rows + fresh.rows
+        return self
+
+    prefix_len = 0
+
+
+def _start_rows(
+    model: Any, rows: list[list[int]], ids_of: list[int], prefix_len: int, prefix_cache: Any, pad: int, extra: dict[str, Any]
+) -> _Batch:
+    """Run ``rows`` (the prompts after the shared prefix) on a copy of the prefix's cache."""
     import torch
 
-    device = stops.device
-    width = max(len(r) for r in rows)
-    n = len(rows)
+    device = next(model.parameters()).device
+    width, n = max(len(r) for r in rows), len(rows)
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
     # the padding sits between the shared prefix and each row's own tokens; masked, it changes nothing
     mask = torch.cat([
@@ -129,30 +224,9 @@ def _greedy_batch(
         torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device),
     ], dim=1)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, prefix_len:]
-    if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(n)
-    else:
-        cache = _new_cache(model)
-    extra = {"logits_to_keep": 1} if keep_logits else {}
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(n)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra).logits
-    answers: list[list[int]] = [[] for _ in rows]
-    alive = torch.arange(n, device=device)  # which row each line of the batch answers
-    last = positions[:, -1]
-    for step in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(dim=-1)
-        for row, token in zip(alive.tolist(), nxt.tolist(), strict=True):
-            answers[row].append(token)
-        if step == max_new_tokens - 1:
-            break
-        going = ~torch.isin(nxt, stops)
-        if not bool(going.all()):
-            if not bool(going.any()):
-                break
-            keep = going.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            alive, nxt, mask, last = alive[keep], nxt[keep], mask[keep], last[keep]
-        mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=device)], dim=1)
-        last = last + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache, use_cache=True).logits
-    return answers
+    batch = _Batch(list(ids_of), cache, mask, positions[:, -1], logits)
+    batch.prefix_len = prefix_len
+    return batch
