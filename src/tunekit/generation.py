@@ -59,7 +59,7 @@ def supports_fast_greedy(model: Any) -> bool:
         params = inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
         return False
-    if not {"past_key_values", "position_ids", "attention_mask"} <= set(params):
+    if not {"position_ids", "attention_mask"} <= set(params) or not {"cache", "past_key_values"} & set(params):
         return False
     from transformers import GenerationConfig
 
@@ -76,6 +76,12 @@ def _new_cache(model: Any) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=_base_model(model).config)
+
+
+def _cache_keyword(model: Any) -> str:
+    """What the model's forward calls its KV cache (transformers 5 renamed ``past_key_values`` to ``cache``)."""
+    params = inspect.signature(_base_model(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _plain_layers(cache: Any) -> bool:
@@ -103,22 +109,33 @@ def greedy_token_ids(
     prompt's last token) runs once; a row leaves the batch at its stop token or its
     ``max_new_tokens``-th token, and the next prompt takes its place (its own tokens run, and its
     KV rows join the batch's cache, aligned by masked padding between the prefix and its tokens).
-    Prompts enter longest first, so a newcomer always fits the batch's cache. Call under
-    ``torch.no_grad()`` with the model in eval mode. ``on_rows(k)`` is called as k rows finish.
+    Prompts enter longest first, so a newcomer always fits the batch's cache. Call with the
+    model in eval mode. ``on_rows(k)`` is called as k rows finish.
     """
     import torch
 
     if not prompts:
         return []
+    with torch.no_grad():
+        return _greedy(model, prompts, batch_size, max_new_tokens, stop_ids, pad_token_id, on_rows)
+
+
+def _greedy(
+    model: Any, prompts: Sequence[Sequence[int]], batch_size: int, max_new_tokens: int, stop_ids: Sequence[int],
+    pad_token_id: int, on_rows: Callable[[int], None] | None,
+) -> list[list[int]] | None:
+    import torch
+
     device = next(model.parameters()).device
     keep_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
-    extra = {"logits_to_keep": 1} if keep_logits else {}
+    extra: dict[str, Any] = {"logits_to_keep": 1} if keep_logits else {}
+    cache_kw = _cache_keyword(model)
     prefix_len = max(0, min(shared_prefix_length(prompts), min(len(p) for p in prompts) - 1))
     prefix_cache = _new_cache(model)
     if not _plain_layers(prefix_cache):
         return None
     if prefix_len > 0:
-        model(input_ids=torch.tensor([list(prompts[0][:prefix_len])], device=device), past_key_values=prefix_cache, use_cache=True, **extra)
+        model(input_ids=torch.tensor([list(prompts[0][:prefix_len])], device=device), use_cache=True, **{cache_kw: prefix_cache}, **extra)
     stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
     queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
@@ -132,12 +149,12 @@ def greedy_token_ids(
         wanted = 1 if state is None else min(len(queue), max(1, batch_size // 2))
         if queue and room >= wanted and (state is None or state.length <= limit):
             taken, queue = queue[:room], queue[room:]
-            fresh = _start_rows(model, [list(prompts[i][prefix_len:]) for i in taken], taken, prefix_len, prefix_cache, pad_token_id, extra)
+            fresh = _start_rows(model, [list(prompts[i][prefix_len:]) for i in taken], taken, prefix_len, prefix_cache, pad_token_id, extra, cache_kw)
             done = fresh.record(answers, stops, max_new_tokens)
             if fresh.rows:
                 state = fresh if state is None else state.merge(fresh)
         elif state is not None:
-            state.step(model)
+            state.step(model, cache_kw)
             done = state.record(answers, stops, max_new_tokens)
             if not state.rows:
                 state = None
@@ -157,13 +174,13 @@ class _Batch:
     def length(self) -> int:
         return int(self.mask.shape[1])
 
-    def step(self, model: Any) -> None:
+    def step(self, model: Any, cache_kw: str) -> None:
         import torch
 
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         self.last = self.last + 1
         logits = model(input_ids=self.next[:, None], attention_mask=self.mask, position_ids=self.last[:, None],
-                       past_key_values=self.cache, use_cache=True).logits
+                       use_cache=True, **{cache_kw: self.cache}).logits
         self.next = logits[:, -1].argmax(dim=-1)
 
     def record(self, answers: list[list[int]], stops: Any, max_new_tokens: int) -> int:
@@ -210,7 +227,7 @@ class _Batch:
 
 
 def _start_rows(
-    model: Any, rows: list[list[int]], ids_of: list[int], prefix_len: int, prefix_cache: Any, pad: int, extra: dict[str, Any]
+    model: Any, rows: list[list[int]], ids_of: list[int], prefix_len: int, prefix_cache: Any, pad: int, extra: dict[str, Any], cache_kw: str
 ) -> _Batch:
     """Run ``rows`` (the prompts after the shared prefix) on a copy of the prefix's cache."""
     import torch
@@ -226,7 +243,7 @@ def _start_rows(
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, prefix_len:]
     cache = copy.deepcopy(prefix_cache)
     cache.batch_repeat_interleave(n)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, **extra).logits
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache}, **extra).logits
     batch = _Batch(list(ids_of), cache, mask, positions[:, -1], logits)
     batch.prefix_len = prefix_len
     return batch
