@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -1330,8 +1331,8 @@ def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str])
             prompts, refs = generation_prompts(tokenizer, n)
             budget = answer_budget(tokenizer, refs)
             sides: dict[str, Callable[[], list[str]]] = {
-                "plain": lambda: plain_generate_answers(model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
-                "tunekit": lambda: generate_answers(model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
+                "plain": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
+                "tunekit": functools.partial(generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
             }
             answers = {name: side() for name, side in sides.items()}  # warm-up, and the answers compared
             times: dict[str, list[float]] = {"plain": [], "tunekit": []}
