@@ -126,3 +126,16 @@ def test_shared_prefix_length() -> None:
     assert shared_prefix_length([[1, 2, 3]]) == 3
     assert shared_prefix_length([[1, 2, 3], [1, 2], [1, 2, 4]]) == 2
     assert shared_prefix_length([[5], [1, 2]]) == 0
+
+
+def test_a_lora_model_gives_the_same_answers(tiny_llama: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    assert supports_fast_greedy(model)
+    prompts = prompts_for(tokenizer, 6, chat=True)
+    expected = plain_answers(model, tokenizer, encode(tokenizer, prompts), batch_size=4, max_new_tokens=8)
+    assert generate_answers(model, tokenizer, prompts, batch_size=4, max_new_tokens=8) == expected
