@@ -1,9 +1,10 @@
-"""Greedy decoding for evaluation: the prompts' shared prefix runs once, finished rows leave the batch.
+"""Greedy decoding for evaluation: the prompts' shared prefix runs once, finished rows make room for waiting ones.
 
 Evaluation prompts rendered with a chat template share a long head (the system prompt and the
 template's markers). :func:`greedy_token_ids` runs that head once, copies its KV cache into
 every batch, and feeds each batch only the rest of its prompts; a row that produced a stop token
-leaves the batch, so the steps after it cost only the rows still generating. The answers are the
+leaves the batch and waiting prompts take its place, so the steps go to rows still generating
+(docs/performance.md, "Generation for evaluation", has the figures). The answers are the
 greedy answers of ``model.generate(do_sample=False)`` (tests/test_generation.py compares them).
 Models it cannot drive this way (see :func:`supports_fast_greedy`) go through ``model.generate``.
 
