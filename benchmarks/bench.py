@@ -25,6 +25,9 @@ memory       peak memory of a LoRA fit on bnb-4bit and bnb-8bit bases against no
 scaling      time per training step against sequence length and batch size, next to the FLOP
              count that predicts it (attention grows with the square of the length).
 load         first load of the GGUF model alias (de-quantize and cache) against the cached load.
+generation   rows/s of evaluation's greedy answers (``tunekit.evaluation.generate_answers``) against
+             plain batched ``model.generate`` over the same iso-dates chat prompts in input order,
+             left-padded, same batch size and budget; runs alternate; and whether the answers are identical.
 accelerator  where CUDA exists: the overhead case on the device and the model FLOPs utilisation
              against the device's measured bf16 matmul rate. Skipped, with a note, elsewhere.
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -71,7 +75,7 @@ warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
 
 REAL = "smollm2-135m"
 GPT2_SHAPE = "gpt2-124m-shape"  # the classic recipe's model, randomly initialised (full mode only)
-CASES = ("overhead", "classic", "levers", "memory", "scaling", "threads", "load", "accelerator")
+CASES = ("overhead", "classic", "levers", "memory", "scaling", "threads", "load", "generation", "accelerator")
 BATCH = 8  # tunekit's and trl's default batch size
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -1271,6 +1275,93 @@ def case_load(res: Results, ws: Workspace, s: Settings) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# case: generation for evaluation
+# ---------------------------------------------------------------------------------------------
+def generation_prompts(tokenizer: Any, n: int) -> tuple[list[Any], list[str]]:
+    """The iso-dates test rows as evaluation prompts: chats where the tokenizer has a chat template
+    (they share the template's system prompt), else the same instruction as a text prefix."""
+    from datasets import Dataset
+
+    from tunekit.evaluation import prompts_and_references
+    from tunekit.tasks import load_task
+
+    prompts, refs = prompts_and_references(Dataset.from_list(load_task("iso-dates", "test")[:n]), "chat")
+    if not getattr(tokenizer, "chat_template", None):
+        prompts = [f"{p[0]['content']}\nDate: {p[-1]['content']}\nAnswer:" for p in prompts]
+    return prompts, refs
+
+
+def plain_generate_answers(model: Any, tokenizer: Any, prompts: list[Any], *, batch_size: int, max_new_tokens: int) -> list[str]:
+    """The baseline: ``model.generate`` (greedy) over the prompts in their order, left-padded per batch."""
+    import torch
+
+    from tunekit.data.chat import render_generation_prompt
+    from tunekit.evaluation import stop_token_ids
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = stop_token_ids(model, tokenizer)
+    encoded = []
+    for prompt in prompts:
+        text, special = render_generation_prompt(tokenizer, prompt)
+        encoded.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
+    out: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            longest = max(len(e) for e in batch)
+            ids = torch.tensor([[pad] * (longest - len(e)) + e for e in batch])
+            mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in batch])
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=eos)
+            out += [str(tokenizer.decode(gen[row, longest:], skip_special_tokens=True)) for row in range(len(batch))]
+    return out
+
+
+def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    """``generate_answers`` (what ``evaluate(metrics=["exact_match"])`` runs) against plain batched
+    ``generate``, on one torch thread (the ratio is about decoding, not about threads on a shared machine)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunekit.evaluation import answer_budget, generate_answers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for model_name in models:
+            path = ws.local_path(model_name)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path).eval()
+            n = 8 if s.smoke else 32 if model_name == REAL else 100
+            prompts, refs = generation_prompts(tokenizer, n)
+            budget = answer_budget(tokenizer, refs)
+            sides: dict[str, Callable[[], list[str]]] = {
+                "plain": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
+                "tunekit": functools.partial(generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
+            }
+            answers = {name: side() for name, side in sides.items()}  # warm-up, and the answers compared
+            times: dict[str, list[float]] = {"plain": [], "tunekit": []}
+            for i in range(s.repeats):
+                for name in (("plain", "tunekit") if i % 2 == 0 else ("tunekit", "plain")):  # alternating: drift hits both
+                    t = time.perf_counter()
+                    sides[name]()
+                    times[name].append(time.perf_counter() - t)
+            ratios = [p / t for p, t in zip(times["plain"], times["tunekit"], strict=True)]
+            value, spread, count = ratio_summary(ratios)
+            same = sum(a == b for a, b in zip(answers["plain"], answers["tunekit"], strict=True))
+            res.add(Row(
+                f"generation/{model_name}", "generation", model_name,
+                "rows/s of evaluation's greedy answers: generate_answers / plain batched model.generate",
+                value, spread=spread, n=count, target=">= 2", met=value >= 2,
+                detail=f"{n / statistics.median(times['tunekit']):.2f} vs {n / statistics.median(times['plain']):.2f} rows/s; "
+                f"answers identical: {same}/{n}; iso-dates test rows, batch {BATCH}, {budget} new tokens at most, 1 torch thread",
+                data={"times": times, "identical": same, "rows": n},
+            ))
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
 # case 6: accelerator
 # ---------------------------------------------------------------------------------------------
 def matmul_rate(dtype: Any, n: int = 8192, iters: int = 20) -> float:
@@ -1481,6 +1572,7 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": lambda: case_scaling(res, ws, s, [*tiny("tiny"), *real]),
         "threads": lambda: case_threads(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
         "load": lambda: case_load(res, ws, s) if s.real else res.skip(f"load/{REAL}", "load", REAL, "first GGUF load / cached load", s.real_note),
+        "generation": lambda: case_generation(res, ws, s, [*tiny("tiny-gpt2"), *tiny("tiny-llama"), *real]),
         "accelerator": lambda: case_accelerator(res, ws, s, real or ["tiny-gpt2"]),
     }
     try:

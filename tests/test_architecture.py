@@ -17,7 +17,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("tunekit.errors", "tunekit.version", "tunekit.results", "tunekit.parts", "tunekit.hookspecs",
         "tunekit.registry", "tunekit.config_merge", "tunekit.run_directory"),
     1: ("tunekit.config", "tunekit.config_files", "tunekit.plugins"),
-    2: ("tunekit.data", "tunekit.models", "tunekit.training", "tunekit.evaluation", "tunekit.preflight",
+    2: ("tunekit.data", "tunekit.models", "tunekit.training", "tunekit.evaluation", "tunekit.generation", "tunekit.preflight",
         "tunekit.merging", "tunekit.builtin", "tunekit.model_card", "tunekit.tasks", "tunekit.formats",
         "tunekit.export", "tunekit.quiet"),
     3: ("tunekit.tuner",),

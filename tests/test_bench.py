@@ -37,6 +37,8 @@ EXPECTED_ROWS = [
     *(f"scaling/tiny-llama/L128xB{batch}" for batch in (2, 4, 8)),
     *(f"scaling/tiny-llama/L{length}xB8" for length in (256, 512, 1024)),
     "load/smollm2-135m",  # skipped in quick mode, but listed
+    "generation/tiny-gpt2",
+    "generation/tiny-llama",
 ]
 
 

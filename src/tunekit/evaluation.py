@@ -245,11 +245,15 @@ def generate_answers(
 
     Prompts are sorted by length and left-padded per batch, so a batch wastes little
     compute on padding and every answer starts right after its own prompt; the answers
-    come back in the order of ``prompts``.
+    come back in the order of ``prompts``. In a single process, a model that
+    :func:`tunekit.generation.supports_fast_greedy` is decoded by
+    :func:`tunekit.generation.greedy_token_ids` (the same answers, fewer forward passes);
+    other models, and every multi-process launch, go through ``model.generate``.
     """
     import torch
 
     from tunekit.data.chat import render_generation_prompt
+    from tunekit.generation import greedy_token_ids, supports_fast_greedy
 
     if not prompts:
         return []
@@ -281,6 +285,13 @@ def generate_answers(
     model.eval()
     try:
         with torch.no_grad():
+            if world == 1 and supports_fast_greedy(model):  # a prompt prefix run once, rows refilled as they stop
+                fast = greedy_token_ids(model, [encoded[i] for i in order], batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                        stop_ids=eos, pad_token_id=pad, on_rows=None if bar is None else bar.update)
+                if fast is not None:
+                    for i, tokens in zip(order, fast, strict=True):
+                        answers[i] = str(tokenizer.decode(tokens, skip_special_tokens=True))
+                    batches = []
             for batch in batches:
                 # a placeholder on a rank with fewer batches: a sharded module generates on all ranks together
                 placeholder = not batch
