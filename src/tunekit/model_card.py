@@ -62,7 +62,8 @@ def write_loss_plot(result: FitResult, path: Path, *, title: str = "") -> Path |
     if evals:
         ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", label="eval loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (cross-entropy per token)")
+    # an objective with its own trainer (dpo, grpo...) logs its own loss; the eval loss stays the cross-entropy
+    ax.set_ylabel("loss (cross-entropy per token)" if not curves else f"loss ({result.objective}; eval: cross-entropy per token)")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
