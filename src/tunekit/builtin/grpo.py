@@ -81,7 +81,7 @@ def grpo_trainer_class() -> type[Any]:
 GRPO_LOGGED = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "frac_reward_zero_std")
 
 
-def prompt_and_reference(row: dict[str, Any], row_format: str) -> tuple[Any, str | None]:
+def prompt_and_reference(row: dict[str, Any]) -> tuple[Any, str | None]:
     """The prompt to answer and the reference answer (or None) of a grpo row."""
     if "messages" in row:
         messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
@@ -135,7 +135,7 @@ class GRPOObjective:
                 f"{max_length}; lower it or raise training.max_length"))])
 
         def one(row: dict[str, Any], index: int) -> dict[str, Any]:
-            prompt, reference = prompt_and_reference(row, "")
+            prompt, reference = prompt_and_reference(row)
             text, add_special = render_generation_prompt(tokenizer, prompt)
             prompt_ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
             if reference:  # the reference answer tokenized as sft trains it: the eval loss

@@ -1,4 +1,5 @@
-"""Preference objectives on trl's trainers: ``dpo`` (and its loss variants) on prompt/chosen/rejected pairs.
+"""Preference objectives on trl's trainers: ``dpo`` (and its loss variants) on prompt/chosen/rejected pairs,
+``kto`` on answers judged good or bad.
 
 tunekit tokenizes the pairs itself, exactly as ``sft`` tokenizes a prompt and its answer (the chat
 template, the trained end token, answer offsets found in the text tokenized once), so a DPO run after an
