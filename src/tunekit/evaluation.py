@@ -188,7 +188,6 @@ def score_pairs(model: Any, tokenized: Dataset, *, batch_size: int, pad_token_id
     return loss, PairScores([s for s, _ in chosen], [s for s, _ in rejected])
 
 
-
 # -- generation -----------------------------------------------------------------------------------
 def prompts_and_references(rows: Dataset, row_format: str) -> tuple[list[Any], list[str]]:
     """The prompt (text, or the messages before the answer) and reference answer of every sft row."""
