@@ -74,8 +74,9 @@ def instruction_prompt(instruction: str, input_text: str | None) -> str:
 def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, where: str = "data") -> tuple[str, Dataset]:
     """Rename columns, detect the format, check every row, and keep only the canonical columns.
 
-    Returns ``(format, dataset)`` where format is ``text``, ``prompt_completion``, ``chat`` or
-    ``classification`` (whose labels the objective checks: it knows what a label may be).
+    Returns ``(format, dataset)`` where format is ``text``, ``prompt_completion``, ``chat``,
+    ``classification`` (whose labels the objective checks: it knows what a label may be),
+    ``preference``, ``unpaired_preference`` or ``prompt``.
     """
     if len(rows) == 0:
         raise DataError(f"{where} is empty: give at least one row.")
