@@ -362,3 +362,27 @@ def test_pairs_come_from_files_and_datasets_like_every_row(tiny_gpt2, tiny_llama
               "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in colour_pairs(8)]
     from_dataset = Tuner(model=str(tiny_llama), objective="dpo", output_dir=str(tmp_path / "b"), training=quick(max_steps=1))
     assert from_dataset.fit(Dataset.from_list(chats)).steps == 1
+
+
+def test_a_reward_that_returns_the_wrong_number_of_scores_is_named(tiny_gpt2, tmp_path):
+    class Short:
+        name, description, Options = "short", "one score for any batch", NoOptions
+
+        def __init__(self, options):
+            pass
+
+        def score(self, completions, *, prompts, references):
+            return [1.0]
+
+    class ShortPlugin:
+        @hookimpl
+        def register_rewards(self, register):
+            register(Short)
+
+    register_plugin(ShortPlugin(), name="short")
+    from tunekit import TunekitError
+
+    tuner = Tuner(model=str(tiny_gpt2), objective={"name": "grpo", "rewards": ["short"], "num_generations": 4, "max_completion_length": 4},
+                  output_dir=str(tmp_path / "run"), training=quick(max_steps=1))
+    with pytest.raises(TunekitError, match="reward 'short' returned 1 scores for 8 completions"):
+        tuner.fit(sft_rows(8))

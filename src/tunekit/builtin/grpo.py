@@ -18,7 +18,7 @@ from tunekit.builtin.objectives import PairTokenizer, SFTObjective, SFTOptions
 from tunekit.builtin.trl_reference import AdapterReference
 from tunekit.data.chat import adds_special_tokens, eos_id, render_generation_prompt, special_ids
 from tunekit.data.collate import IGNORE_INDEX
-from tunekit.errors import ConfigError, DataError, Problem
+from tunekit.errors import ConfigError, DataError, Problem, TunekitError
 from tunekit.hookspecs import Register, hookimpl
 from tunekit.parts import PartOptions, TrainerPlan
 
@@ -59,7 +59,13 @@ class _RewardFunction:
         texts = [c if isinstance(c, str) else "".join(m.get("content", "") for m in c) for c in completions]
         prompt_texts = [p if isinstance(p, str) else str(p) for p in prompts]
         references = [r if isinstance(r, str) and r else None for r in columns.get("reference", [None] * len(texts))]
-        return [float(x) for x in self.reward.score(texts, prompts=prompt_texts, references=references)]
+        scores = list(self.reward.score(texts, prompts=prompt_texts, references=references))
+        if len(scores) != len(texts):  # a plugin's bug: say whose, before trl's shape error deep in a step
+            raise TunekitError(
+                f"reward {self.__name__!r} returned {len(scores)} scores for {len(texts)} completions; a reward's "
+                "score() must return one float per completion (tunekit.testing.contracts.check_reward checks it)."
+            )
+        return [float(x) for x in scores]
 
 
 def grpo_trainer_class() -> type[Any]:
