@@ -72,7 +72,7 @@ CASES = [
     # part names
     ("unknown-strategy", cfg(strategy="loar"), UnknownPartError, ["strategy", "'lora'", "Installed"]),
     ("unknown-quantizer", cfg(quantizer="int4"), UnknownPartError, ["quantizer", "bnb-4bit"]),
-    ("unknown-objective", cfg(objective="dpo"), UnknownPartError, ["objective", "'sft'"]),
+    ("unknown-objective", cfg(objective="sfft"), UnknownPartError, ["objective", "'sft'"]),
     ("unknown-adapter", cfg(data={"adapter": "excel"}), UnknownPartError, ["data.adapter", "'files'"]),
     ("part-mapping-no-name", cfg(strategy={"rank": 4}), ConfigError, ["strategy", "'name'"]),
     # config files

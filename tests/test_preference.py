@@ -304,8 +304,10 @@ def test_kto_takes_judged_answers_and_refuses_labels_that_are_not_booleans(tiny_
     judged = [{"prompt": f"Q{i}: colour?", "completion": " blue sky" if i % 2 else " red wine", "label": bool(i % 2)} for i in range(16)]
     tuner = Tuner(model=str(tiny_gpt2), output_dir=str(tmp_path / "run"), training=quick(max_steps=2))
     assert tuner.fit(judged).objective == "kto"  # chosen by the rows' format
-    with pytest.raises(DataError, match="'label' must be true .* or false"):
+    # a label that is not true/false judges nothing: the rows are prompt/completion rows, which kto refuses
+    with pytest.raises(ConfigError, match="true/false 'label'"):
         Tuner(model=str(tiny_gpt2), objective="kto").evaluate([{**judged[0], "label": "good"}])
+    assert Tuner(model=str(tiny_gpt2)).evaluate([{**judged[0], "label": "good"}]).rows == 1  # sft on prompt/completion
 
 
 # -- quantized bases ----------------------------------------------------------------------------------

@@ -186,6 +186,9 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
             rows = rows.rename_columns(renames)
             names = [renames.get(n, n) for n in names]
     fmt = detect_format(names)
+    if fmt == "unpaired_preference":  # judged answers only if the label is true/false (the first row says)
+        first = next(iter(rows.take(1)), {})
+        fmt = "unpaired_preference" if isinstance(first.get("label"), bool) else "prompt_completion"
     if fmt in {"preference", "unpaired_preference", "prompt"}:
         raise DataError(
             f"{where} is a stream of {fmt} rows; tunekit reads {fmt} rows as a dataset it can count. Load it without "

@@ -12,8 +12,9 @@ Recognised formats (after ``data.columns`` renames):
   first (``dpo``, ``reward-model``). The prompt is a text or a list of chat messages; the answers are
   texts or one assistant message each. Chat pairs may also give ``chosen`` and ``rejected`` as two
   whole conversations that share their history and differ in the last assistant turn.
-- ``unpaired_preference``: ``{"prompt", "completion", "label"}`` with a boolean label, one answer judged
-  good (true) or bad (false) (``kto``);
+- ``unpaired_preference``: ``{"prompt", "completion", "label"}`` with a boolean label in every row, one
+  answer judged good (true) or bad (false) (``kto``); with any other label the rows are prompt/completion
+  rows (the label column is dropped);
 - ``prompt``: ``{"prompt"}`` and optionally ``"reference"``, prompts to answer (``grpo``).
 """
 
@@ -98,6 +99,8 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         if renames:
             rows = rows.rename_columns(renames)
     fmt = detect_format(rows.column_names)
+    if fmt == "unpaired_preference" and not all(isinstance(v, bool) for v in rows["label"]):
+        fmt = "prompt_completion"  # a label that is not true/false judges nothing: prompt/completion rows with an extra column
     if fmt == "preference":
         return fmt, _preference_rows(rows, where)
     if fmt == "unpaired_preference":
@@ -105,11 +108,6 @@ def normalise_rows(rows: Dataset, columns: Mapping[str, str] | None = None, *, w
         for i, row in enumerate(rows):
             _check_prompt(row["prompt"], f"{where} row {i}, column 'prompt'")
             _check_str(row["completion"], f"{where} row {i}, column 'completion'")
-            if not isinstance(row["label"], bool):
-                raise DataError(
-                    f"{where} row {i}, column 'label' must be true (a good answer) or false (a bad one), got "
-                    f"{row['label']!r:.40}; prompt/completion/label rows are judged answers for kto."
-                )
         return fmt, rows
     if fmt == "prompt":
         has_reference = "reference" in rows.column_names
