@@ -187,8 +187,8 @@ def normalise_stream(rows: Any, columns: Mapping[str, str] | None, *, where: str
             names = [renames.get(n, n) for n in names]
     fmt = detect_format(names)
     if fmt == "unpaired_preference":  # judged answers only if the label is true/false (the first row says)
-        first = next(iter(rows.take(1)), {})
-        fmt = "unpaired_preference" if isinstance(first.get("label"), bool) else "prompt_completion"
+        head_row = next(iter(rows.take(1)), None) or {}
+        fmt = "unpaired_preference" if isinstance(head_row.get("label"), bool) else "prompt_completion"
     if fmt in {"preference", "unpaired_preference", "prompt"}:
         raise DataError(
             f"{where} is a stream of {fmt} rows; tunekit reads {fmt} rows as a dataset it can count. Load it without "
