@@ -1293,28 +1293,14 @@ def generation_prompts(tokenizer: Any, n: int) -> tuple[list[Any], list[str]]:
 
 def plain_generate_answers(model: Any, tokenizer: Any, prompts: list[Any], *, batch_size: int, max_new_tokens: int) -> list[str]:
     """The baseline: ``model.generate`` (greedy) over the prompts in their order, left-padded per batch."""
-    import torch
-
     from tunekit.data.chat import render_generation_prompt
-    from tunekit.evaluation import stop_token_ids
+    from tunekit.testing import plain_greedy_answers
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = stop_token_ids(model, tokenizer)
     encoded = []
     for prompt in prompts:
         text, special = render_generation_prompt(tokenizer, prompt)
         encoded.append(list(tokenizer(text, add_special_tokens=special)["input_ids"]))
-    out: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            longest = max(len(e) for e in batch)
-            ids = torch.tensor([[pad] * (longest - len(e)) + e for e in batch])
-            mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in batch])
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad, eos_token_id=eos)
-            out += [str(tokenizer.decode(gen[row, longest:], skip_special_tokens=True)) for row in range(len(batch))]
-    return out
+    return plain_greedy_answers(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:

@@ -13,24 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunekit.evaluation import generate_answers, stop_token_ids
 from tunekit.generation import greedy_token_ids, shared_prefix_length, supports_fast_greedy
-from tunekit.testing import WORDS
-
-
-def plain_answers(model: Any, tokenizer: Any, encoded: list[list[int]], *, batch_size: int, max_new_tokens: int) -> list[str]:
-    """The baseline: ``model.generate`` over the prompts in their order, left-padded."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = stop_token_ids(model, tokenizer)
-    out: list[str] = []
-    with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            longest = max(len(e) for e in batch)
-            ids = torch.tensor([[pad] * (longest - len(e)) + e for e in batch])
-            mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in batch])
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=pad, eos_token_id=eos)
-            out += [tokenizer.decode(gen[row, longest:], skip_special_tokens=True) for row in range(len(batch))]
-    return out
+from tunekit.testing import WORDS, plain_greedy_answers
 
 
 def prompts_for(tokenizer: Any, n: int, chat: bool) -> list[Any]:
@@ -76,7 +59,7 @@ def test_answers_match_plain_generate(tiny_model: Path, chat: bool, batch_size: 
     prompts = prompts_for(tokenizer, 10, chat)
     encoded = encode(tokenizer, prompts)
     with_early_stops(model, tokenizer, encoded, 12)
-    expected = plain_answers(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=12)
+    expected = plain_greedy_answers(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=12)
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the fast path must not call model.generate")
 
@@ -98,7 +81,7 @@ def test_pad_is_eos_and_shared_prefix(tiny_gpt2: Path) -> None:
     prompts = ["Question: " + p for p in prompts_for(tokenizer, 9, chat=False)]
     encoded = encode(tokenizer, prompts)
     assert shared_prefix_length(encoded) >= 2
-    expected = plain_answers(model, tokenizer, encoded, batch_size=4, max_new_tokens=6)
+    expected = plain_greedy_answers(model, tokenizer, encoded, batch_size=4, max_new_tokens=6)
     assert generate_answers(model, tokenizer, prompts, batch_size=4, max_new_tokens=6) == expected
 
 
@@ -107,7 +90,7 @@ def test_one_token_budget_and_one_prompt(tiny_llama: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     for prompts in (["one"], ["one two", "one two three four"]):
         encoded = encode(tokenizer, prompts)
-        assert generate_answers(model, tokenizer, prompts, max_new_tokens=1) == plain_answers(
+        assert generate_answers(model, tokenizer, prompts, max_new_tokens=1) == plain_greedy_answers(
             model, tokenizer, encoded, batch_size=8, max_new_tokens=1)
 
 
@@ -117,7 +100,7 @@ def test_a_generation_config_that_changes_greedy_goes_through_generate(tiny_gpt2
     model.generation_config.repetition_penalty = 1.3
     assert not supports_fast_greedy(model)
     prompts = prompts_for(tokenizer, 5, chat=False)
-    expected = plain_answers(model, tokenizer, encode(tokenizer, prompts), batch_size=8, max_new_tokens=8)
+    expected = plain_greedy_answers(model, tokenizer, encode(tokenizer, prompts), batch_size=8, max_new_tokens=8)
     assert generate_answers(model, tokenizer, prompts, max_new_tokens=8) == expected
 
 
@@ -137,5 +120,5 @@ def test_a_lora_model_gives_the_same_answers(tiny_llama: Path) -> None:
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
     assert supports_fast_greedy(model)
     prompts = prompts_for(tokenizer, 6, chat=True)
-    expected = plain_answers(model, tokenizer, encode(tokenizer, prompts), batch_size=4, max_new_tokens=8)
+    expected = plain_greedy_answers(model, tokenizer, encode(tokenizer, prompts), batch_size=4, max_new_tokens=8)
     assert generate_answers(model, tokenizer, prompts, batch_size=4, max_new_tokens=8) == expected

@@ -184,3 +184,27 @@ def chat_rows(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
 def text_rows(n: int = 32, seed: int = 0) -> list[dict[str, str]]:
     """Raw-text rows for self-supervised training."""
     return [{"text": line} for line in corpus(n, seed)[:n]]
+
+
+def plain_greedy_answers(model: Any, tokenizer: Any, encoded: list[list[int]], *, batch_size: int, max_new_tokens: int) -> list[str]:
+    """The reference for tunekit's own decoding loop (:mod:`tunekit.generation`): plain greedy
+    ``model.generate`` over the token-id prompts in their order, left-padded per batch, stopping where
+    evaluation stops (:func:`tunekit.evaluation.stop_token_ids`). The tests compare answers with it and the
+    benchmark times against it."""
+    import torch
+
+    from tunekit.evaluation import stop_token_ids
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = stop_token_ids(model, tokenizer)
+    out: list[str] = []
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            longest = max(len(e) for e in batch)
+            ids = torch.tensor([[pad] * (longest - len(e)) + e for e in batch])
+            mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in batch])
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad, eos_token_id=eos)
+            out += [str(tokenizer.decode(gen[row, longest:], skip_special_tokens=True)) for row in range(len(batch))]
+    return out
