@@ -144,7 +144,11 @@ class GRPOObjective:
             prompt, reference = prompt_and_reference(row)
             text, add_special = render_generation_prompt(tokenizer, prompt)
             prompt_ids = list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
-            if reference:  # the reference answer tokenized as sft trains it: the eval loss
+            pair = pairs.pair(row, max_length) if pairs is not None else None
+            if pair is not None:  # preference rows: the chosen answer is the reference, tokenized once with the pair
+                ids = pair["prompt_ids"] + pair["chosen_ids"]
+                labels = [IGNORE_INDEX] * len(pair["prompt_ids"]) + pair["chosen_ids"]
+            elif reference:  # the reference answer tokenized as sft trains it: the eval loss
                 if isinstance(prompt, str):
                     ids, labels = sft._prompt_completion(prompt, reference, tokenizer, eos)
                 else:
@@ -153,8 +157,7 @@ class GRPOObjective:
                 ids, labels = prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
             out = {"prompt": text, "reference": reference or "", "input_ids": ids[:max_length], "labels": labels[:max_length],
                    "length": len(prompt_ids), "row": index}
-            if pairs is not None:  # preference rows keep both answers, so evaluation can score the pair
-                pair = pairs.pair(row, max_length)
+            if pair is not None:  # preference rows keep both answers, so evaluation can score the pair
                 out.update({k: pair[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")})
             return out
 
