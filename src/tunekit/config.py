@@ -291,6 +291,14 @@ class TrainingOptions(BaseModel):
         "it saves nothing measurable). Models whose forward cannot skip positions keep "
         "their own loss.",
     )
+    shared_prefix: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Run the tokens every row of a batch starts with (a chat template's system prompt) once "
+        "per batch, not once per row: the same loss and gradients with fewer positions through the model. "
+        "'auto': where the model's KV cache allows it, in single-process runs without gradient checkpointing, "
+        "for batches where it saves at least 10% of the positions. true: the same, but an error where it "
+        "cannot apply.",
+    )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
     cpu_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto",

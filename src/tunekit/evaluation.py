@@ -25,6 +25,7 @@ from tunekit.errors import DataError
 from tunekit.parts import MetricInputs, PairScores, PartOptions
 from tunekit.results import EvalResult, Generation
 from tunekit.training.loss import trained_logits_loss, use_trained_logits
+from tunekit.training.shared_prefix import use_shared_prefix
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,7 @@ def evaluate_loss(
     pad_token_id: int,
     batch_size: int = 8,
     trained_logits_only: bool | str = "auto",
+    shared_prefix: bool | str = "auto",
 ) -> EvalResult:
     """Mean cross-entropy per trained token over ``rows`` (``input_ids`` + ``labels``).
 
@@ -68,7 +70,8 @@ def evaluate_loss(
     or on how rows happen to be grouped. This is the one eval loss of tunekit: ``Tuner.evaluate``,
     the final evaluation of ``fit`` and the Trainer's evaluations during training
     (``training.eval_steps``) all call it, so one curve shows one quantity.
-    ``trained_logits_only`` is ``training.trained_logits_only`` (see :mod:`tunekit.training.loss`).
+    ``trained_logits_only`` is ``training.trained_logits_only`` (see :mod:`tunekit.training.loss`),
+    ``shared_prefix`` ``training.shared_prefix`` (see :mod:`tunekit.training.shared_prefix`).
 
     Under a multi-process launch each rank scores its shard of the rows and the sums are
     reduced, so every rank returns the same figure. Every rank runs the same number of
@@ -85,6 +88,7 @@ def evaluate_loss(
     was_training = model.training
     model.eval()
     trained_only = use_trained_logits(model, trained_logits_only)  # the head only where a token is scored
+    share = use_shared_prefix(model, shared_prefix, trained_logits=trained_only)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     total_loss, total_tokens = 0.0, 0
     try:
@@ -93,7 +97,7 @@ def evaluate_loss(
                 placeholder = not batch_rows
                 batch = collate([rows[i] for i in (batch_rows or [0])])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = trained_logits_loss(model, batch, skip_untrained=trained_only, reduction="sum")
+                loss = trained_logits_loss(model, batch, skip_untrained=trained_only, reduction="sum", shared_prefix=share)
                 if not placeholder:
                     total_loss += float(loss)
                     total_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -352,6 +356,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     progress: bool = False,
     trained_logits_only: bool | str = "auto",
+    shared_prefix: bool | str = "auto",
     objective: Any = None,
 ) -> EvalResult:
     """Loss over ``tokenized`` and every metric in ``metrics`` over ``rows``.
@@ -376,7 +381,8 @@ def evaluate(
         ppl = math.exp(min(loss, 700.0)) if not math.isnan(loss) else float("nan")
         base = EvalResult(loss=loss, perplexity=ppl, tokens=0, rows=len(tokenized), metrics={"loss": loss, "perplexity": ppl})
     else:
-        base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size, trained_logits_only=trained_logits_only)
+        base = evaluate_loss(model, tokenized, pad_token_id=pad, batch_size=batch_size, trained_logits_only=trained_logits_only,
+                             shared_prefix=shared_prefix)
     predictions = references = None
     generations: list[Generation] = []
     if classes is None and any(m.needs == "logits" for m in metrics):

@@ -16,9 +16,10 @@ Models it cannot drive this way (see :func:`supports_fast_greedy`) go through ``
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from tunekit.models.kv_cache import base_model, cache_keyword, forward_params, new_cache, plain_layers, takes_cache
 
 # Generation-config fields whose non-default value changes greedy decoding (a logits processor or a
 # stopping rule ``generate`` would apply): with any of them set, the model goes through ``generate``.
@@ -44,23 +45,14 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _base_model(model: Any) -> Any:
-    get = getattr(model, "get_base_model", None)  # a peft model: its forward passes keywords through
-    return get() if callable(get) else model
-
-
 def supports_fast_greedy(model: Any) -> bool:
     """Whether :func:`greedy_token_ids` can drive ``model``: a decoder-only transformers model with a
     dynamic KV cache and position ids, whose generation config changes nothing in greedy decoding."""
-    base = _base_model(model)
+    base = base_model(model)
     config = getattr(base, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False) or not callable(getattr(base, "generate", None)):
         return False
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if not {"position_ids", "attention_mask"} <= set(params) or not {"cache", "past_key_values"} & set(params):
+    if not takes_cache(model):
         return False
     from transformers import GenerationConfig
 
@@ -73,24 +65,10 @@ def supports_fast_greedy(model: Any) -> bool:
     return True
 
 
-def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(config=_base_model(model).config)
 
 
-def _cache_keyword(model: Any) -> str:
-    """What the model's forward calls its KV cache (transformers 5 renamed ``past_key_values`` to ``cache``)."""
-    params = inspect.signature(_base_model(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
-def _plain_layers(cache: Any) -> bool:
-    """Whether every layer of ``cache`` is a plain growing KV layer (no sliding window, no linear attention),
-    whose rows can be spliced."""
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
 
 
 def greedy_token_ids(
@@ -128,12 +106,12 @@ def _greedy(
     import torch
 
     device = next(model.parameters()).device
-    keep_logits = "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
+    keep_logits = "logits_to_keep" in forward_params(model)
     extra: dict[str, Any] = {"logits_to_keep": 1} if keep_logits else {}
-    cache_kw = _cache_keyword(model)
+    cache_kw = cache_keyword(model)
     prefix_len = max(0, min(shared_prefix_length(prompts), min(len(p) for p in prompts) - 1))
-    prefix_cache = _new_cache(model)
-    if not _plain_layers(prefix_cache):
+    prefix_cache = new_cache(model)
+    if not plain_layers(prefix_cache):
         return None
     if prefix_len > 0:
         model(input_ids=torch.tensor([list(prompts[0][:prefix_len])], device=device), use_cache=True, **{cache_kw: prefix_cache}, **extra)

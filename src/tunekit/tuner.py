@@ -374,6 +374,7 @@ class Tuner:
                 max_new_tokens=max_new_tokens,
                 progress=self.config.training.progress_bar,
                 trained_logits_only=self.config.training.trained_logits_only,
+                shared_prefix=self.config.training.shared_prefix,
                 objective=objective,
             )
 

@@ -228,8 +228,12 @@ def train(
     trainer.score_rows = score_rows  # the objective's own eval loss (Objective.evaluate_rows), or None
     trainer.pad_token_id = int(tokenizer.pad_token_id)
     from tunekit.training.loss import use_trained_logits
+    from tunekit.training.shared_prefix import use_shared_prefix
 
     trainer.trained_logits_only = use_trained_logits(model, o.trained_logits_only)
+    trainer.shared_prefix = use_shared_prefix(
+        model, o.shared_prefix, trained_logits=trainer.trained_logits_only, gradient_checkpointing=o.gradient_checkpointing
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()

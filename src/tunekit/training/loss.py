@@ -27,6 +27,8 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunekit.training.shared_prefix import prefix_length, shareable, shared_prefix_logits, worth_sharing
+
 if TYPE_CHECKING:
     import torch
 
@@ -158,6 +160,7 @@ def trained_logits_loss(
     *,
     skip_untrained: bool = True,
     reduction: Literal["mean", "sum"] = "mean",
+    shared_prefix: bool = False,
 ) -> torch.Tensor:
     """Next-token cross-entropy over the trained tokens, projecting only the positions that need it.
 
@@ -165,7 +168,9 @@ def trained_logits_loss(
     cross-entropy summed over trained tokens and divided by ``num_items_in_batch`` when given,
     else averaged over them; ``reduction="sum"`` returns the sum. ``skip_untrained=False``
     projects every position (for a model without the mask, see :func:`supports_trained_logits`)
-    and then scores the same tokens.
+    and then scores the same tokens. ``shared_prefix`` (decided by
+    :func:`tunekit.training.shared_prefix.use_shared_prefix`) runs the tokens every row of the batch
+    starts with once, where that saves enough (the same loss and gradients).
     """
     import torch
 
@@ -174,7 +179,14 @@ def trained_logits_loss(
     keep = trained_positions(labels)
     targets = labels[:, 1:][keep[:, :-1]]
     inputs.setdefault("use_cache", False)  # no key/value cache is built for a training step
-    if skip_untrained:
+    prefix = 0
+    if skip_untrained and shared_prefix and shareable(inputs):
+        prefix = prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
+        rows, length = labels.shape
+        prefix = prefix if worth_sharing(rows, length, prefix) else 0
+    if prefix:
+        logits = shared_prefix_logits(model, inputs, keep, prefix)
+    elif skip_untrained:
         logits = model(**inputs, logits_to_keep=keep).logits
     else:
         logits = model(**inputs).logits[keep]

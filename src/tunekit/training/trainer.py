@@ -95,6 +95,8 @@ class StagedCheckpoints(_TrainerBase):  # type: ignore[misc]
     """The objective's own ``evaluate_rows(model, rows, batch_size=, pad_token_id=)``, when it has one: the eval loss."""
     trained_logits_only: bool = False
     """Set (after :func:`tunekit.training.loss.supports_trained_logits`) to use the trained-positions loss."""
+    shared_prefix: bool = False
+    """Set (after :func:`tunekit.training.shared_prefix.use_shared_prefix`) to run a batch's shared prefix once."""
     pad_token_id: int | None = None
     """The tokenizer's pad id, for tunekit's evaluation (trl's collators do not all carry it)."""
 
@@ -120,7 +122,7 @@ class StagedCheckpoints(_TrainerBase):  # type: ignore[misc]
             return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
         result = evaluate_loss(
             model, dataset, pad_token_id=int(pad), batch_size=self.args.eval_batch_size,
-            trained_logits_only=self.trained_logits_only,
+            trained_logits_only=self.trained_logits_only, shared_prefix=self.shared_prefix,
         )
         metrics = {f"{metric_key_prefix}_loss": result.loss, f"{metric_key_prefix}_tokens": float(result.tokens)}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(dataset))  # type: ignore[arg-type]
@@ -198,7 +200,7 @@ class TunekitTrainer(StagedCheckpoints, Trainer):  # type: ignore[misc]
         elif not (self.trained_logits_only and model.training and not return_outputs and "labels" in inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
-            loss = trained_logits_loss(model, inputs, num_items_in_batch)
+            loss = trained_logits_loss(model, inputs, num_items_in_batch, shared_prefix=self.shared_prefix)
         # Scaled as Trainer.compute_loss scales a model's own loss: divided by the items of the whole
         # accumulated batch when the Trainer counted them (it does for models that take loss
         # kwargs, and then does not divide by the accumulation steps again), and multiplied back by
@@ -215,7 +217,7 @@ class TunekitTrainer(StagedCheckpoints, Trainer):  # type: ignore[misc]
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = trained_logits_loss(model, inputs, skip_untrained=self.trained_logits_only)
+            loss = trained_logits_loss(model, inputs, skip_untrained=self.trained_logits_only, shared_prefix=self.shared_prefix)
         return loss.detach(), None, None
 
 
