@@ -75,7 +75,7 @@ warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
 
 REAL = "smollm2-135m"
 GPT2_SHAPE = "gpt2-124m-shape"  # the classic recipe's model, randomly initialised (full mode only)
-CASES = ("overhead", "classic", "levers", "memory", "scaling", "threads", "load", "generation", "accelerator")
+CASES = ("overhead", "speed", "classic", "levers", "memory", "scaling", "threads", "load", "generation", "accelerator")
 BATCH = 8  # tunekit's and trl's default batch size
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -461,12 +461,14 @@ def autocast_dtype(precision: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 # case 1: overhead
 # ---------------------------------------------------------------------------------------------
-def overhead_once(ws: Workspace, s: Settings, model: str, rows: list[dict[str, str]], steps: int, seed: int) -> tuple[Any, Record, list[float]]:
+def overhead_once(
+    ws: Workspace, s: Settings, model: str, rows: list[dict[str, Any]], steps: int, seed: int, strategy: Any = "lora"
+) -> tuple[Any, Record, list[float], PlainLoop]:
     """One tunekit fit with a hand-written step on the same batch after each of its steps."""
     from tunekit import Tuner
     from tunekit.models.loading import load_tokenizer, resolve_source
 
-    probe = Tuner(model=ws.model(model), strategy="lora")  # nothing loads: for its choices only
+    probe = Tuner(model=ws.model(model), strategy=strategy)  # nothing loads: for its choices only
     pad_id = int(load_tokenizer(resolve_source(ws.model(model))).pad_token_id)
     hand = PlainLoop(
         load_lora_by_hand(ws, model, probe), lr=probe.strategy.default_learning_rate, total_steps=steps,
@@ -480,8 +482,8 @@ def overhead_once(ws: Workspace, s: Settings, model: str, rows: list[dict[str, s
         sync()
         hand_times.append(time.perf_counter() - t)
 
-    tuner, _, rec = tunekit_fit(ws, model, rows, label=f"overhead-{model}", between=between, strategy="lora", training={"max_steps": steps, "seed": seed})
-    return tuner, rec, hand_times
+    tuner, _, rec = tunekit_fit(ws, model, rows, label=f"overhead-{model}", between=between, strategy=strategy, training={"max_steps": steps, "seed": seed})
+    return tuner, rec, hand_times, hand
 
 
 def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
@@ -491,7 +493,7 @@ def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
     ratios, tk_all, hand_all, real_tokens, feats_all = [], [], [], [], []
     precision = ""
     for r in range(s.repeats):
-        tuner, rec, hand_times = overhead_once(ws, s, model, rows, steps, seed=42 + r)
+        tuner, rec, hand_times, _ = overhead_once(ws, s, model, rows, steps, seed=42 + r)
         precision = tuner.precision.name
         tk, hd = rec.step_times[s.warmup :], hand_times[s.warmup :]
         ratios.append(statistics.median(tk) / statistics.median(hd))
@@ -512,6 +514,79 @@ def case_overhead(res: Results, ws: Workspace, s: Settings, models: list[str]) -
             detail=f"median step {statistics.median(out['tunekit_s']) * 1e3:.0f} ms vs {statistics.median(out['hand_s']) * 1e3:.0f} ms; "
             f"{out['precision']}; same batches, step-interleaved; {out['steps']} timed steps x {n} runs",
             data={k: out[k] for k in ("ratios", "tunekit_s", "hand_s", "real_tokens", "precision")},
+        ))
+
+
+# ---------------------------------------------------------------------------------------------
+# case: speed on the demo's data
+# ---------------------------------------------------------------------------------------------
+SPEED_STRATEGY = {"name": "lora", "target_modules": "all-linear"}
+SPEED_EVAL_ROWS = 48
+
+
+@contextlib.contextmanager
+def counting_shared_prefixes() -> Iterator[list[int]]:
+    """The prefix length of every batch whose shared prefix ran once (``training.shared_prefix``), while the block runs."""
+    import tunekit.training.loss as loss
+
+    calls: list[int] = []
+    real = loss.shared_prefix_logits
+
+    def counted(model: Any, inputs: dict[str, Any], keep: Any, prefix: int) -> Any:
+        calls.append(prefix)
+        return real(model, inputs, keep, prefix)
+
+    loss.shared_prefix_logits = counted  # type: ignore[assignment]
+    try:
+        yield calls
+    finally:
+        loss.shared_prefix_logits = real  # type: ignore[assignment]
+
+
+def case_speed(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    """tunekit's LoRA step with its defaults against the hand-written loop, on the demo's chat rows.
+
+    The same batches, step-interleaved (the overhead case's harness); then the eval loss of both
+    tuned models on the task's held-out rows, after the same rows and steps.
+    """
+    from tunekit.models.loading import load_tokenizer, resolve_source
+    from tunekit.tasks import load_task
+
+    train, test = load_task("iso-dates", "train"), load_task("iso-dates", "test")[:SPEED_EVAL_ROWS]
+    for model in models:
+        measure = "speed-up of a LoRA step (all-linear, the demo's rows): hand-written torch+peft+AdamW step / tunekit's"
+        if not load_tokenizer(resolve_source(ws.model(model))).chat_template:
+            res.skip(f"speed/{model}", "speed", model, measure, "the tokenizer has no chat template for the demo's chat rows")
+            continue
+        steps = s.warmup + s.steps_for(model)
+        rows = [train[i % len(train)] for i in range(BATCH * steps)]
+        ratios, tk_all, hand_all, losses = [], [], [], []
+        shared = 0
+        for r in range(s.repeats):
+            with counting_shared_prefixes() as calls:
+                tuner, rec, hand_times, hand = overhead_once(ws, s, model, rows, steps, seed=42 + r, strategy=SPEED_STRATEGY)
+            shared += len(calls)
+            tk, hd = rec.step_times[s.warmup :], hand_times[s.warmup :]
+            ratios.append(statistics.median(hd) / statistics.median(tk))
+            tk_all += tk
+            hand_all += hd
+            if r == 0:  # both models have now trained on the same rows in the same batches
+                losses = [eval_loss(tuner.model, tuner.tokenizer, test), eval_loss(hand.model, tuner.tokenizer, test)]
+            del tuner, hand
+        value, spread, n = ratio_summary(ratios)
+        res.add(Row(
+            f"speed/{model}", "speed", model, measure, value, spread=spread, n=n, target=">= 1.5", met=value >= 1.5,
+            detail=f"median step {statistics.median(hand_all) * 1e3:.0f} ms hand-written vs {statistics.median(tk_all) * 1e3:.0f} ms tunekit; "
+            f"batch {BATCH}, same batches, step-interleaved; {s.steps_for(model)} timed steps x {n} runs; tunekit's defaults "
+            f"(the shared prefix ran once per batch in {shared} of {steps * n} steps); the hand-written loop: model(**batch).loss",
+            data={"ratios": ratios, "tunekit_s": tk_all, "hand_s": hand_all},
+        ))
+        tk_loss, hand_loss = losses
+        res.add(Row(
+            f"speed/{model}/eval-loss", "speed", model, "eval loss on held-out rows after the same rows: tunekit / hand-written",
+            tk_loss / hand_loss, n=1, target="<= 1.0", met=tk_loss <= hand_loss * (1 + 1e-4),
+            detail=f"{tk_loss:.4f} vs {hand_loss:.4f} on {len(test)} held-out rows, after {steps} steps of {BATCH} rows "
+            "(tunekit's schedule: its defaults; the hand-written loop: linear decay, no warm-up); 'met' allows 1e-4 of float rounding",
         ))
 
 
@@ -1552,6 +1627,7 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace(root)
     plan: dict[str, Callable[[], None]] = {
         "overhead": lambda: case_overhead(res, ws, s, [*tiny("tiny-gpt2"), *real]),
+        "speed": lambda: case_speed(res, ws, s, [*tiny("tiny-llama"), *real]),
         "classic": lambda: case_classic(res, ws, s, [*tiny("tiny-gpt2"), *([] if s.quick else [GPT2_SHAPE]), *real]),
         "levers": lambda: case_levers(res, ws, s, [*tiny("tiny-gpt2"), *real]),
         "memory": lambda: case_memory(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),

@@ -299,6 +299,12 @@ class TrainingOptions(BaseModel):
         "for batches where it saves at least 10% of the positions. true: the same, but an error where it "
         "cannot apply.",
     )
+    packing: bool = Field(
+        default=False,
+        description="Padding-free batches: a batch's rows side by side in one sequence, positions restarting at "
+        "each row, attention kept within each row (checked once per model: packed logits must equal the rows' "
+        "own, else an error). For sft and causal-lm. Off by default: length-grouped batches leave little padding.",
+    )
     progress_bar: bool = Field(default=True, description="Show a progress bar during fit.")
     cpu_threads: PositiveInt | Literal["auto"] | None = Field(
         default="auto",

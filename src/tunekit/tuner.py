@@ -268,10 +268,19 @@ class Tuner:
         if not is_stream(data.train) and len(data.train) == 0:
             raise TunekitError("no training rows are left after tokenization.")
         trainer = getattr(data.objective, "trainer", None)  # an objective trained by trl's machinery says which
+        collator = collator_for(data.objective, self.tokenizer)
+        if self.config.training.packing:
+            from tunekit.data.collate import PackedRows, PadPerBatch
+            from tunekit.training.packing import check_packing
+
+            # an objective with its own batches, loss or trainer would see one flattened row it does not expect
+            own = not isinstance(collator, PadPerBatch) or callable(trainer) or callable(getattr(data.objective, "loss", None))
+            check_packing(self.model, data.objective_name, batches_itself=own)
+            collator = PackedRows()
         return FitPlan(
             config=self.config, data=data, model=self.model, tokenizer=self.tokenizer, strategy_name=self.strategy.name,
             learning_rate=self.config.training.learning_rate or self.strategy.default_learning_rate,
-            precision=self.precision, collator=collator_for(data.objective, self.tokenizer),
+            precision=self.precision, collator=collator,
             loss=getattr(data.objective, "loss", None),  # what the objective needs from training is asked of it
             score_rows=getattr(data.objective, "evaluate_rows", None),
             trainer=trainer(self.model, self.tokenizer) if callable(trainer) else None,

@@ -38,6 +38,33 @@ class PadPerBatch:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+@dataclass
+class PackedRows:
+    """Padding-free batches: a batch's rows side by side in one sequence, with no padding at all.
+
+    ``position_ids`` restart at 0 at each row, and no ``attention_mask`` is passed: transformers then
+    finds the rows from the positions and masks attention block-diagonally (a varlen kernel on flash
+    attention), so no row sees another (``training.packing``; the one-time check that a model really
+    isolates them is :func:`tunekit.training.packing.isolates_packed_rows`). Each row's first label is
+    dropped (-100): it would be predicted from the previous row's last token. That token is never a
+    target in a padded batch either (nothing precedes it), so the loss is the same.
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for f in features:
+            row = list(f["input_ids"])
+            ids += row
+            labels += [IGNORE_INDEX, *list(f["labels"])[1:]]
+            positions += range(len(row))
+        return {name: torch.tensor([values], dtype=torch.long) for name, values in
+                (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
+
+
 def collator_for(objective: Any, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The collator training batches ``objective``'s rows with: ``objective.collator(tokenizer)``, or
     per-batch padding for an objective without one (the ``collator`` method is optional)."""

@@ -17,6 +17,7 @@ RESUME_MAY_CHANGE = frozenset({
     "output_dir", "metrics",
     "training.max_steps", "training.epochs", "training.progress_bar", "training.logging_steps",
     "training.eval_steps", "training.save_steps", "training.keep_checkpoints", "training.cpu_threads",
+    "training.shared_prefix", "training.packing",  # the same loss on the same batches, computed another way
     "data.train", "data.eval",  # file names: the content hashes below decide
 })
 
