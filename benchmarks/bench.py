@@ -1622,7 +1622,8 @@ def case_compile(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
                     new_graphs.append(_dynamo_graphs() - before)
             if failed:
                 break
-        breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))  # each break splits the model into one more graph
+        break_reasons = dict(torch._dynamo.utils.counters["graph_break"].most_common(5))  # each break splits the model into one more graph
+        breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
         torch._dynamo.reset()
         if cache_env is None:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
@@ -1650,6 +1651,8 @@ def case_compile(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
         recompiles = max(0, len(compiling) - 1)  # the steps after the first that compiled: a new batch length (dynamic=None)
         where = (f"graphs compiled at steps {[i + 1 for i in compiling]} ({sum(new_graphs)} graphs, {breaks} graph breaks; "
                  f"{recompiles} recompile(s) for a new batch length; batch lengths {lengths})")
+        if break_reasons:
+            where += f"; most frequent graph break: {next(iter(break_reasons)).splitlines()[0][:120]}"
         common = f"dynamic=None, inductor, cold caches; tunekit's loss ({loss_fn.__name__}); {torch.get_num_threads()} torch threads"
         res.add(Row(
             f"compile/{model}/step", "compile", model, measures[0], value, spread=spread, n=n,
@@ -1659,7 +1662,7 @@ def case_compile(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
         res.add(Row(
             f"compile/{model}/compile_time", "compile", model, measures[1], compile_s / eager_s, unit="eager steps", n=len(compiling),
             detail=f"{compile_s:.1f} s of compiling (cold caches); {where}; {even}",
-            data={"compile_s": compile_s, "recompiles": recompiles, "graph_breaks": breaks, "compiling_steps": compiling},
+            data={"compile_s": compile_s, "recompiles": recompiles, "graph_breaks": breaks, "graph_break_reasons": break_reasons, "compiling_steps": compiling},
         ))
         amortised = (compile_s + AMORTISE_STEPS * compiled_s) / (AMORTISE_STEPS * eager_s)
         res.add(Row(
