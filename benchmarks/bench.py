@@ -14,6 +14,10 @@ Cases (``--cases`` selects some):
 overhead     tunekit's LoRA training step against a hand-written torch + peft + AdamW loop on the
              same model, the same batches (recorded from tunekit's collator and replayed) and the
              same precision; the two alternate step by step. Target: <= 1.10x.
+utilization  achieved FLOP/s of tunekit's LoRA training step (its own fit) and of the hand-written
+             step, FLOPs counted exactly per batch (torch's FlopCounterMode), against the fp32 matmul
+             FLOP/s measured in the same process (square and the model's linear shape, best of a
+             few). Target on smollm2-135m: >= 0.80.
 classic      the widely copied recipe (trl's SFTTrainer with its defaults, an 8-bit base, every row
              padded to max_length 512; repaired just enough to run, see ``run_classic``) against
              tunekit's defaults on the same mixed-length rows: real (non-pad) tokens per second,
@@ -23,13 +27,18 @@ levers       what each of tunekit's choices buys: a plain loop on tunekit's mode
 memory       peak memory of a LoRA fit on bnb-4bit and bnb-8bit bases against none, and of full
              fine-tuning against LoRA; each fit in its own subprocess so the peaks are separate.
 scaling      time per training step against sequence length and batch size, next to the FLOP
-             count that predicts it (attention grows with the square of the length).
+             count that predicts it (counted by torch's FlopCounterMode; attention grows with the
+             square of the length).
 load         first load of the GGUF model alias (de-quantize and cache) against the cached load.
 generation   rows/s of evaluation's greedy answers (``tunekit.evaluation.generate_answers``) against
              plain batched ``model.generate`` over the same iso-dates chat prompts in input order,
              left-padded, same batch size and budget; runs alternate; and whether the answers are identical.
+compile      torch.compile of the model for the LoRA step, on and off, same batches of varying
+             length, step-interleaved: the steady-state step ratio, the compile time apart (in
+             eager steps) and the ratio amortised over AMORTISE_STEPS steps. CPU only.
 accelerator  where CUDA exists: the overhead case on the device and the model FLOPs utilisation
-             against the device's measured bf16 matmul rate. Skipped, with a note, elsewhere.
+             (counted FLOPs) against the device's measured bf16 matmul rate (target >= 0.40 on
+             smollm2-135m). Skipped, with a note, elsewhere.
 
 Results go to ``--out`` (default ``benchmarks/results``) as ``bench.json`` and ``bench.md``.
 """
@@ -75,7 +84,7 @@ warnings.filterwarnings("ignore", message=".*inputs will be cast.*")
 
 REAL = "smollm2-135m"
 GPT2_SHAPE = "gpt2-124m-shape"  # the classic recipe's model, randomly initialised (full mode only)
-CASES = ("overhead", "speed", "classic", "levers", "memory", "scaling", "threads", "load", "generation", "accelerator")
+CASES = ("overhead", "speed", "utilization", "classic", "levers", "memory", "scaling", "threads", "load", "generation", "compile", "accelerator")
 BATCH = 8  # tunekit's and trl's default batch size
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -276,6 +285,7 @@ class Record:
     """What a training run did, step by step: its batches, real tokens and step times."""
 
     features: list[list[dict[str, Any]]] = field(default_factory=list)
+    batches: list[dict[str, Any]] = field(default_factory=list)  # what the collator returned (same tensors)
     real_tokens: list[int] = field(default_factory=list)
     padded_tokens: list[int] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
@@ -291,6 +301,7 @@ class RecordingCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         out = self.inner(features)
         self.record.features.append(features)
+        self.record.batches.append(dict(out))  # a shallow copy: the Trainer may pop keys from its own
         mask = out.get("attention_mask")
         ids = out["input_ids"]
         self.record.real_tokens.append(int(mask.sum()) if mask is not None else int(ids.numel()))
@@ -463,13 +474,167 @@ def autocast_dtype(precision: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# FLOPs counted, and the matmul rate they are measured against
+# ---------------------------------------------------------------------------------------------
+ATTENTION_OPS = ("bmm", "baddbmm")
+"""Counted ops that are attention when no fused attention kernel runs: eager attention's
+``q @ k^T`` and ``p @ v`` are batched matmuls; the linear layers run as ``mm``/``addmm``."""
+
+
+def _cpu_sdpa_formulas() -> dict[Any, Any]:
+    """FLOP formulas for the CPU flash-attention kernels, which torch's counter does not know (so a
+    CPU step's attention would count as zero): the same formulas torch uses for the CUDA kernels
+    (the full L x L square, causal or not)."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    formulas: dict[Any, Any] = {}
+
+    def forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return int(flop_counter.sdpa_flop_count(query, key, value))
+
+    def backward(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return int(flop_counter.sdpa_backward_flop_count(grad_out, query, key, value))
+
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", forward), ("_scaled_dot_product_flash_attention_for_cpu_backward", backward)):
+        op = getattr(aten, name, None)
+        if op is not None and op not in flop_counter.flop_registry:  # a later torch may count it itself
+            formulas[op] = formula
+    return formulas
+
+
+def default_loss(model: Any, batch: dict[str, Any]) -> Any:
+    """The model's own loss (transformers' ``forward(labels=...)``: the head on every position)."""
+    return model(**batch).loss
+
+
+def tunekit_loss(model: Any, setting: bool | str = "auto") -> Callable[[Any, dict[str, Any]], Any]:
+    """The loss tunekit's Trainer trains ``model`` on for ``training.trained_logits_only=setting``
+    (with ``training.shared_prefix`` at its default, so a batch sharing a prefix is counted as it runs)."""
+    from tunekit.training.loss import trained_logits_loss, use_trained_logits
+    from tunekit.training.shared_prefix import use_shared_prefix
+
+    if not use_trained_logits(model, setting):
+        return default_loss
+    shared = use_shared_prefix(model, "auto", trained_logits=True)
+
+    def tunekit_trained_logits_loss(model: Any, batch: dict[str, Any]) -> Any:
+        return trained_logits_loss(model, batch, shared_prefix=shared)
+
+    return tunekit_trained_logits_loss
+
+
+def counted_step_flops(model: Any, batch: dict[str, Any], loss_fn: Callable[[Any, dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """The FLOPs of one training step's forward and backward on ``batch``, counted op by op by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and attention, forward and backward; the
+    CPU attention kernels added, see ``_cpu_sdpa_formulas``). Elementwise work and the optimizer
+    are not counted, by the usual convention. The gradients the step leaves are put back as they
+    were, so counting does not change training.
+
+    Returns ``total``, ``by_op`` (op name -> FLOPs), ``attention`` (the attention kernels, or the
+    batched matmuls of eager attention) and ``other`` (the rest: the linear layers and the head).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    loss_fn = loss_fn or default_loss
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    saved = {p: p.grad for p in model.parameters() if p.requires_grad}
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas())
+    try:
+        with counter:
+            loss_fn(model, batch).backward()
+    finally:
+        for p, g in saved.items():
+            p.grad = g
+    by_op = {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    total = int(counter.get_total_flops())
+    attention = sum(n for op, n in by_op.items() if "attention" in op or op in ATTENTION_OPS)
+    return {"total": total, "by_op": by_op, "attention": attention, "other": total - attention}
+
+
+def _matmul_rate_of(shape: tuple[int, int, int], dtype: Any, device: str, *, repeats: int, min_seconds: float) -> float:
+    """Best FLOP/s of ``(m x k) @ (k x n)`` over ``repeats`` timings of at least ``min_seconds`` each."""
+    import torch
+
+    m, k, n = shape
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    c = torch.empty(m, n, device=device, dtype=dtype)
+    for _ in range(2):
+        torch.mm(a, b, out=c)
+    sync()
+    iters, best = 1, 0.0
+    for _ in range(repeats + 1):  # the first timing only sizes the others
+        t = time.perf_counter()
+        for _ in range(iters):
+            torch.mm(a, b, out=c)
+        sync()
+        elapsed = time.perf_counter() - t
+        if elapsed >= min_seconds:
+            best = max(best, 2 * m * k * n * iters / elapsed)
+        else:
+            iters = max(iters + 1, math.ceil(iters * min_seconds * 1.2 / max(elapsed, 1e-9)))
+    return best or 2 * m * k * n * iters / elapsed
+
+
+def matmul_rates(shapes: dict[str, tuple[int, int, int]], dtype: Any, device: str, *, repeats: int = 3, min_seconds: float = 0.2) -> dict[str, Any]:
+    """Measured matmul FLOP/s of each ``(m, k, n)`` shape on ``device``; ``rate`` is the best of them
+    and ``shape`` names it."""
+    rates = {name: _matmul_rate_of(shape, dtype, device, repeats=repeats, min_seconds=min_seconds) for name, shape in shapes.items()}
+    best = max(rates, key=lambda name: rates[name])
+    return {"rate": rates[best], "shape": best, "rates": rates, "shapes": {k: list(v) for k, v in shapes.items()}, "dtype": str(dtype).removeprefix("torch.")}
+
+
+def linear_shape(model: Any, tokens: int) -> tuple[int, int, int]:
+    """The step's typical linear layer as a matmul: (tokens x hidden) @ (hidden x intermediate)."""
+    cfg = model.config
+    hidden = int(cfg.hidden_size)
+    inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
+    return (max(1, tokens), hidden, int(inner))
+
+
+def matmul_rate(dtype: Any, n: int = 8192) -> float:
+    """The CUDA device's measured matmul FLOP/s at ``dtype`` (square ``n``)."""
+    return float(matmul_rates({f"{n}^3": (n, n, n)}, dtype, "cuda", repeats=3, min_seconds=0.5)["rate"])
+
+
+def cpu_matmul_rate(dtype: Any = None, threads: int | None = None, model: Any = None, tokens: int = 0, *, repeats: int = 3) -> dict[str, Any]:
+    """This process's measured CPU matmul FLOP/s at ``dtype`` (default float32) on ``threads``
+    torch threads (default: the current count): square 1024 and 2048, and, given ``model`` and
+    ``tokens``, the model's linear-layer shape (see ``linear_shape``). ``rate``: the best of them."""
+    import torch
+
+    dtype = dtype or torch.float32
+    before = torch.get_num_threads()
+    threads = threads or before
+    shapes = {"1024^3": (1024, 1024, 1024), "2048^3": (2048, 2048, 2048)}
+    if model is not None and tokens:
+        m, k, n = linear_shape(model, tokens)
+        shapes[f"({m}x{k})@({k}x{n})"] = (m, k, n)
+    torch.set_num_threads(threads)
+    try:
+        out = matmul_rates(shapes, dtype, "cpu", repeats=repeats)
+    finally:
+        torch.set_num_threads(before)
+    out["threads"] = threads
+    return out
+
+
+def gflops(rate: float) -> str:
+    return f"{rate / 1e9:.1f} GFLOP/s"
+
+
+# ---------------------------------------------------------------------------------------------
 # case 1: overhead
 # ---------------------------------------------------------------------------------------------
 def overhead_once(
     ws: Workspace, s: Settings, model: str, rows: list[dict[str, Any]], steps: int, seed: int, strategy: Any = "lora",
     training: dict[str, Any] | None = None,
 ) -> tuple[Any, Record, list[float], PlainLoop]:
-    """One tunekit fit with a hand-written step on the same batch after each of its steps."""
+    """One tunekit fit with a hand-written step on the same batch after each of its steps (the
+    tuner, tunekit's record, the hand-written steps' times and the hand-written loop)."""
     from tunekit import Tuner
     from tunekit.models.loading import load_tokenizer, resolve_source
 
@@ -509,7 +674,7 @@ def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
     """Interleaved tunekit / hand-written steps on the same batches; per-repeat medians."""
     steps = s.warmup + s.steps_for(model)
     rows = mixed_rows(BATCH * steps, seed=1)
-    ratios, tk_all, hand_all, real_tokens, feats_all = [], [], [], [], []
+    ratios, tk_all, hand_all, real_tokens, feats_all, batches_all = [], [], [], [], [], []
     precision = ""
     for r in range(s.repeats):
         tuner, rec, hand_times, _ = overhead_once(ws, s, model, rows, steps, seed=42 + r)
@@ -520,7 +685,11 @@ def overhead_runs(ws: Workspace, s: Settings, model: str) -> dict[str, Any]:
         hand_all += hd
         real_tokens += rec.real_tokens[s.warmup : len(rec.step_times)]
         feats_all += rec.features[s.warmup : len(rec.step_times)]
-    return {"ratios": ratios, "tunekit_s": tk_all, "hand_s": hand_all, "real_tokens": real_tokens, "features": feats_all, "precision": precision, "steps": s.steps_for(model)}
+        batches_all += rec.batches[s.warmup : len(rec.step_times)]
+    return {
+        "ratios": ratios, "tunekit_s": tk_all, "hand_s": hand_all, "real_tokens": real_tokens, "features": feats_all, "batches": batches_all,
+        "precision": precision, "steps": s.steps_for(model),
+    }
 
 
 def case_overhead(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
@@ -622,6 +791,73 @@ def case_speed(res: Results, ws: Workspace, s: Settings, models: list[str]) -> N
                     "same initial adapter (tunekit's defaults: AdamW, linear decay, no warm-up, clip 1.0, as the hand-written loop); "
                     "'met' allows 1e-4 of float rounding",
                 ))
+# utilization: achieved FLOP/s of a training step against the process's measured matmul rate
+# ---------------------------------------------------------------------------------------------
+UTILIZATION_TARGET = 0.80  # on the real model, on CPU (the accelerator case has its own)
+
+
+def case_utilization(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    """tunekit's LoRA step (its own fit, instrumented as in the overhead case) and a hand-written
+    step after each of its steps on the same batch: each step's FLOPs counted exactly (each batch
+    once, after the fit, outside the timed steps, with the loss that side trains on), divided by
+    that step's time, against the fp32 matmul rate measured in this process right after the fit."""
+    import torch
+
+    if torch.cuda.is_available():
+        for model in models:
+            res.skip(f"utilization/{model}/tunekit", "utilization", model, "achieved FLOP/s of a training step / measured fp32 matmul FLOP/s (same process)",
+                     "a CUDA run: see the accelerator case's MFU")
+        return
+    for model in models:
+        real = model == REAL
+        steps = s.warmup + s.steps_for(model)
+        rows = mixed_rows(BATCH * steps, seed=1)
+        threads = torch.get_num_threads()
+        tuner, rec, hand_times, hand = overhead_once(ws, s, model, rows, steps, seed=42)
+        done = len(rec.step_times)
+        timed = range(s.warmup, done)
+        tokens = int(statistics.median(int(rec.batches[i]["input_ids"].numel()) for i in timed))
+        started = time.perf_counter()
+        # measured twice (the machine is shared), each the best of a few timings per shape; the better one counts
+        rates = [cpu_matmul_rate(threads=threads, model=tuner.model, tokens=tokens) for _ in range(2)]
+        matmul_s = time.perf_counter() - started
+        best = max(rates, key=lambda r: float(r["rate"]))
+        peak = float(best["rate"])
+        model_shape = next(k for k in best["rates"] if k.startswith("("))
+        pad = int(tuner.tokenizer.pad_token_id)
+        tk_loss = tunekit_loss(tuner.model)
+        tuner.model.train()
+        tk_flops = [counted_step_flops(tuner.model, rec.batches[i], tk_loss) for i in timed]
+        hand_flops = [counted_step_flops(hand.model, hand_collate(rec.features[i], pad), default_loss) for i in timed]
+        sides = {
+            "tunekit": ("tunekit's LoRA step (its own fit)", rec.step_times[s.warmup :], tk_flops, tk_loss),
+            "hand": ("hand-written torch+peft+AdamW step", hand_times[s.warmup :], hand_flops, default_loss),
+        }
+        for key, (what, times, flops, loss_fn) in sides.items():
+            per_step = [f["total"] / t / peak for f, t in zip(flops, times, strict=True)]
+            value, spread, n = ratio_summary(per_step)
+            achieved = sum(f["total"] for f in flops) / sum(times)
+            attention = sum(f["attention"] for f in flops) / sum(f["total"] for f in flops)
+            ops: dict[str, int] = {}
+            for f in flops:
+                for op, c in f["by_op"].items():
+                    ops[op] = ops.get(op, 0) + c
+            shape_rate = best["rates"][model_shape]
+            met = (value >= UTILIZATION_TARGET) if real else None
+            res.add(Row(
+                f"utilization/{model}/{key}", "utilization", model,
+                f"achieved FLOP/s of a training step / measured fp32 matmul FLOP/s (same process): {what}",
+                value, unit="", spread=spread, n=n, target=f">= {UTILIZATION_TARGET:.2f}" if real else "", met=met,
+                detail=f"{gflops(achieved)} achieved (counted FLOPs / step time; {statistics.median(f['total'] for f in flops) / 1e9:.2f} GFLOP "
+                f"per step, attention {attention * 100:.0f}%, loss {loss_fn.__name__}) vs {gflops(peak)} fp32 matmul ({best['shape']}; "
+                f"{model_shape}, the model's linear shape: {gflops(shape_rate)}, {achieved / shape_rate:.2f} of it); {threads} torch threads; "
+                f"median of {n} steps' ratios; matmul measured twice after the fit ({', '.join(gflops(r['rate']) for r in rates)})",
+                data={
+                    "step_s": times, "flops": [f["total"] for f in flops], "by_op": ops, "matmul": rates,
+                    "threads": threads, "loss": loss_fn.__name__, "matmul_seconds": round(matmul_s, 2),
+                },
+            ))
+        del tuner, hand
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1183,31 +1419,6 @@ def optimizer_rows(res: Results, ws: Workspace, model: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # case 4: scaling
 # ---------------------------------------------------------------------------------------------
-def model_flops(model: Any, batch: int, length: int) -> dict[str, float]:
-    """Training FLOPs of one step: matmuls (frozen weights: forward + input grads = 4 per weight per
-    token; trainable: 6) plus attention scores and values (4 * L * d per token per layer forward,
-    3x with backward), counting the full L x L square."""
-    import torch
-
-    frozen = trainable = 0
-    for module in model.modules():
-        if next(module.children(), None) is not None:  # peft's wrappers expose their base layer's weight
-            continue
-        w = getattr(module, "weight", None)
-        if isinstance(w, torch.nn.Parameter) and w.dim() == 2 and not isinstance(module, torch.nn.Embedding):
-            if w.requires_grad:
-                trainable += w.numel()
-            else:
-                frozen += w.numel()
-    cfg = model.config
-    layers = cfg.num_hidden_layers
-    d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    tokens = batch * length
-    linear = tokens * (4 * frozen + 6 * trainable)
-    attention = 3 * batch * layers * 4 * length * length * d_attn
-    return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
-
-
 def case_scaling(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
     import torch
 
@@ -1239,16 +1450,18 @@ def case_scaling(res: Results, ws: Workspace, s: Settings, models: list[str]) ->
                     times[c].append(time.perf_counter() - t)
         base = (128, 1)
         t0 = statistics.median(times[base])
-        f0 = model_flops(m, 1, 128)
+        # counted once per shape, outside the timed steps, with the loss the timed steps used
+        counted = {c: counted_step_flops(m, {"input_ids": data[c], "labels": data[c]}) for c in configs}
+        f0 = counted[base]
         for c in configs:
             L, B = c
             t = statistics.median(times[c])
-            f = model_flops(m, B, L)
+            f = counted[c]
             share = f["attention"] / f["total"]
             res.add(Row(
                 f"scaling/{target_model}/L{L}xB{B}", "scaling", target_model, f"time per step, length {L} x batch {B} / length 128 x batch 1",
                 t / t0, n=timed,
-                detail=f"tokens x{L * B // 128}; FLOPs x{f['total'] / f0['total']:.1f} (attention {share * 100:.0f}%); "
+                detail=f"tokens x{L * B // 128}; counted FLOPs x{f['total'] / f0['total']:.1f} (attention {share * 100:.0f}%); "
                 f"time per token x{(t / (L * B)) / (t0 / 128):.2f}; {t * 1e3:.0f} ms/step",
                 data={"times": times[c], "flops": f, "baseline_s": times[base]},
             ))
@@ -1457,23 +1670,126 @@ def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str])
 
 
 # ---------------------------------------------------------------------------------------------
+# compile: torch.compile of the model for the LoRA training step, on and off
+# ---------------------------------------------------------------------------------------------
+AMORTISE_STEPS = 1000  # a short fine-tuning run: the compile time is spread over this many steps
+
+
+def _dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def case_compile(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
+    """A plain LoRA step on tunekit's model (tunekit's loss on it) with the model eager and with
+    ``torch.compile(model)`` (default ``dynamic=None``: the first new batch length recompiles with
+    dynamic shapes), on the same batches of varying length, step-interleaved. Steps in which
+    dynamo compiled a graph are the compile time; the rest the steady state."""
+    import torch
+    import torch._dynamo
+
+    from tunekit import Tuner
+
+    ids = ("step", "compile_time", f"amortised-{AMORTISE_STEPS}")
+    measures = (
+        "LoRA step time, steady state: torch.compile'd model / eager (same batches)",
+        "compile time (steps that compiled a graph, less a steady compiled step), in eager steps",
+        f"LoRA step time over {AMORTISE_STEPS} steps, compile time included: compiled / eager",
+    )
+    if torch.cuda.is_available():
+        for id_, measure in zip(ids, measures, strict=True):
+            for model in models:
+                res.skip(f"compile/{model}/{id_}", "compile", model, measure, "measured on CPUs only")
+        return
+    for model in models:
+        real = model == REAL
+        steps = 4 if s.smoke else (6 if real else 10)
+        eager_tuner, compiled_tuner = Tuner(model=ws.model(model), strategy="lora"), Tuner(model=ws.model(model), strategy="lora")
+        loss_fn = tunekit_loss(eager_tuner.model)
+        trained = loss_fn is not default_loss
+        pad = int(eager_tuner.tokenizer.pad_token_id)
+        feats = tokenized(mixed_rows(BATCH * steps, seed=9), eager_tuner.tokenizer)
+        batches = [hand_collate(feats[i * BATCH : (i + 1) * BATCH], pad) for i in range(steps)]
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        # cold caches: what a first fit pays (inductor's on-disk cache would make a second run compile faster)
+        cache_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(ws.root / f"inductor-{model}-{time.monotonic_ns()}")
+        mine: dict[str, Any] = {"lr": 2e-4, "total_steps": 100, "device": "cpu", "trained_logits": trained}
+        eager = PlainLoop(eager_tuner.model, **mine)
+        compiled = PlainLoop(torch.compile(compiled_tuner.model), **mine)
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        new_graphs: list[int] = []
+        failed = ""
+        for i, batch in enumerate(batches):
+            for side in (("eager", "compiled") if i % 2 == 0 else ("compiled", "eager")):
+                loop = eager if side == "eager" else compiled
+                before = _dynamo_graphs()
+                t = time.perf_counter()
+                try:
+                    loop.step(batch)
+                except Exception as exc:  # inductor needs a C compiler and more: say why, do not stop the bench
+                    failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+                    break
+                times[side].append(time.perf_counter() - t)
+                if side == "compiled":
+                    new_graphs.append(_dynamo_graphs() - before)
+            if failed:
+                break
+        break_reasons = dict(torch._dynamo.utils.counters["graph_break"].most_common(5))  # each break splits the model into one more graph
+        breaks = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
+        torch._dynamo.reset()
+        if cache_env is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_env
+        if failed:
+            for id_, measure in zip(ids, measures, strict=True):
+                res.skip(f"compile/{model}/{id_}", "compile", model, measure, f"torch.compile failed here: {failed}")
+            continue
+        lengths = [int(b["input_ids"].shape[1]) for b in batches]
+        steady = [i for i, g in enumerate(new_graphs) if g == 0]
+        compiling = [i for i, g in enumerate(new_graphs) if g > 0]
+        if not steady:
+            why = f"every one of the {steps} compiled steps compiled a graph (batch lengths {lengths}): no steady state to compare"
+            for id_, measure in zip(ids, measures, strict=True):
+                res.skip(f"compile/{model}/{id_}", "compile", model, measure, why)
+            continue
+        eager_s = statistics.median(times["eager"][i] for i in steady)
+        compiled_s = statistics.median(times["compiled"][i] for i in steady)
+        ratios = [times["compiled"][i] / times["eager"][i] for i in steady]
+        value, spread, n = ratio_summary(ratios)
+        compile_s = sum(times["compiled"][i] - compiled_s for i in compiling)
+        saved = eager_s - compiled_s
+        even = f"breaks even after {math.ceil(compile_s / saved)} steps" if saved > 0 else "never breaks even (the compiled step is not faster)"
+        recompiles = max(0, len(compiling) - 1)  # the steps after the first that compiled: a new batch length (dynamic=None)
+        where = (f"graphs compiled at steps {[i + 1 for i in compiling]} ({sum(new_graphs)} graphs, {breaks} graph breaks; "
+                 f"{recompiles} recompile(s) for a new batch length; batch lengths {lengths})")
+        if break_reasons:
+            where += f"; most frequent graph break: {next(iter(break_reasons)).splitlines()[0][:120]}"
+        common = f"dynamic=None, inductor, cold caches; tunekit's loss ({loss_fn.__name__}); {torch.get_num_threads()} torch threads"
+        res.add(Row(
+            f"compile/{model}/step", "compile", model, measures[0], value, spread=spread, n=n,
+            detail=f"median step {compiled_s * 1e3:.0f} ms compiled vs {eager_s * 1e3:.0f} ms eager over the {n} steps that compiled nothing; {common}",
+            data={"times": times, "new_graphs": new_graphs, "lengths": lengths},
+        ))
+        res.add(Row(
+            f"compile/{model}/compile_time", "compile", model, measures[1], compile_s / eager_s, unit="eager steps", n=len(compiling),
+            detail=f"{compile_s:.1f} s of compiling (cold caches); {where}; {even}",
+            data={"compile_s": compile_s, "recompiles": recompiles, "graph_breaks": breaks, "graph_break_reasons": break_reasons, "compiling_steps": compiling},
+        ))
+        amortised = (compile_s + AMORTISE_STEPS * compiled_s) / (AMORTISE_STEPS * eager_s)
+        res.add(Row(
+            f"compile/{model}/amortised-{AMORTISE_STEPS}", "compile", model, measures[2], amortised, n=n,
+            detail=f"({compile_s:.1f} s + {AMORTISE_STEPS} x {compiled_s * 1e3:.0f} ms) / ({AMORTISE_STEPS} x {eager_s * 1e3:.0f} ms); {even}",
+        ))
+        del eager, compiled, eager_tuner, compiled_tuner
+
+
+# ---------------------------------------------------------------------------------------------
 # case 6: accelerator
 # ---------------------------------------------------------------------------------------------
-def matmul_rate(dtype: Any, n: int = 8192, iters: int = 20) -> float:
-    import torch
-
-    a = torch.randn(n, n, device="cuda", dtype=dtype)
-    b = torch.randn(n, n, device="cuda", dtype=dtype)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    torch.cuda.synchronize()
-    return 2 * n**3 * iters / (time.perf_counter() - t)
-
-
 def case_accelerator(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
     import torch
 
@@ -1492,15 +1808,18 @@ def case_accelerator(res: Results, ws: Workspace, s: Settings, models: list[str]
         from tunekit import Tuner
 
         m = Tuner(model=ws.model(model), strategy="lora").model
-        flops = 0.0
-        for feats in out["features"]:
-            for f in feats:
-                flops += model_flops(m, 1, len(f["input_ids"]))["total"]
+        m.train()
+        loss_fn = tunekit_loss(m)  # the loss tunekit's fit trained on: its FLOPs, counted exactly per batch
+        counted = [counted_step_flops(m, b, loss_fn) for b in out["batches"]]
+        flops = float(sum(f["total"] for f in counted))
         seconds = sum(out["tunekit_s"])
         achieved = flops / seconds
         res.add(Row(
             f"accelerator/{model}/mfu", "accelerator", model, "model FLOP/s / measured bf16 matmul FLOP/s (MFU)", achieved / peak, unit="",
-            detail=f"{achieved / 1e12:.2f} TFLOP/s achieved vs {peak / 1e12:.0f} TFLOP/s bf16 matmul on {name}",
+            target=">= 0.40" if model == REAL else "", met=(achieved / peak >= 0.40) if model == REAL else None,
+            detail=f"{achieved / 1e12:.2f} TFLOP/s achieved (counted FLOPs, loss {loss_fn.__name__}, "
+            f"attention {sum(f['attention'] for f in counted) / max(flops, 1) * 100:.0f}%) vs {peak / 1e12:.0f} TFLOP/s bf16 matmul (8192^3) on {name}",
+            data={"flops": [f["total"] for f in counted], "step_s": out["tunekit_s"], "peak": peak},
         ))
         del m
 
@@ -1662,6 +1981,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: dict[str, Callable[[], None]] = {
         "overhead": lambda: case_overhead(res, ws, s, [*tiny("tiny-gpt2"), *real]),
         "speed": lambda: case_speed(res, ws, s, [*tiny("tiny-llama"), *real]),
+        "utilization": lambda: case_utilization(res, ws, s, [*tiny("tiny-gpt2"), *tiny("tiny-llama"), *real]),
         "classic": lambda: case_classic(res, ws, s, [*tiny("tiny-gpt2"), *([] if s.quick else [GPT2_SHAPE]), *real]),
         "levers": lambda: case_levers(res, ws, s, [*tiny("tiny-gpt2"), *real]),
         "memory": lambda: case_memory(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
@@ -1669,6 +1989,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": lambda: case_threads(res, ws, s, [*tiny("tiny-llama" if s.smoke else "tiny-llama-wide"), *real]),
         "load": lambda: case_load(res, ws, s) if s.real else res.skip(f"load/{REAL}", "load", REAL, "first GGUF load / cached load", s.real_note),
         "generation": lambda: case_generation(res, ws, s, [*tiny("tiny-gpt2"), *tiny("tiny-llama"), *real]),
+        "compile": lambda: case_compile(res, ws, s, [*tiny("tiny-gpt2"), *real]),
         "accelerator": lambda: case_accelerator(res, ws, s, real or ["tiny-gpt2"]),
     }
     try:

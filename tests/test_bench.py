@@ -17,6 +17,7 @@ BENCH = ROOT / "benchmarks" / "bench.py"
 
 EXPECTED_ROWS = [
     "overhead/tiny-gpt2",
+    *(f"utilization/{model}/{side}" for model in ("tiny-gpt2", "tiny-llama") for side in ("tunekit", "hand")),
     "classic/tiny-gpt2/tokens_per_s",
     "classic/tiny-gpt2/eval_loss",
     *(
@@ -39,6 +40,7 @@ EXPECTED_ROWS = [
     "load/smollm2-135m",  # skipped in quick mode, but listed
     "generation/tiny-gpt2",
     "generation/tiny-llama",
+    *(f"compile/tiny-gpt2/{what}" for what in ("step", "compile_time", "amortised-1000")),  # ok, or skipped saying why
 ]
 
 
@@ -66,6 +68,13 @@ def test_quick_benchmark_writes_json_and_markdown_table(tmp_path: Path) -> None:
             assert isinstance(row["value"], float) and math.isfinite(row["value"]), row
             assert row["value"] > 0 or row["id"].endswith("optimizer-sgd"), row
     assert rows["load/smollm2-135m"]["status"] == "skipped"  # quick mode: tiny models only
+    for side in ("tunekit", "hand"):  # counted FLOPs against the matmul rate measured in the same process
+        row = rows[f"utilization/tiny-gpt2/{side}"]
+        assert row["status"] == ("skipped" if torch.cuda.is_available() else "ok"), row
+        if row["status"] == "ok":
+            assert row["target"] == "" and row["met"] is None  # the target is for smollm2-135m only
+            assert all(f > 0 for f in row["data"]["flops"]) and row["data"]["by_op"], row
+            assert "GFLOP/s achieved" in row["detail"] and "fp32 matmul" in row["detail"], row
     assert data["meta"]["command"].startswith("python benchmarks/bench.py --quick")
     assert data["classic_repairs"]  # what the classic recipe needed to run is recorded
 
