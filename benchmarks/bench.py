@@ -401,18 +401,10 @@ def hand_collate(features: list[dict[str, Any]], pad_id: int, pad_to: int | None
 
 
 def flat_collate(features: list[dict[str, Any]]) -> dict[str, Any]:
-    """Padding-free batch: the rows side by side in one sequence, positions restarting at each row
-    (transformers then masks attention block-diagonally, so no row sees another)."""
-    import torch
+    """Padding-free batch: tunekit's ``training.packing`` collator (rows side by side, positions restarting)."""
+    from tunekit.data.collate import PackedRows
 
-    ids, labels, pos = [], [], []
-    for f in features:
-        k = len(f["input_ids"])
-        ids += list(f["input_ids"])
-        labels += [-100, *list(f["labels"])[1:]]  # never predict a row's first token from the previous row
-        pos += list(range(k))
-    # use_cache=False: with a cache, transformers does not look for packed rows in position_ids
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos]), "use_cache": False}
+    return PackedRows()(features)
 
 
 class PlainLoop:

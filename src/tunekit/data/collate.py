@@ -47,7 +47,8 @@ class PackedRows:
     attention), so no row sees another (``training.packing``; the one-time check that a model really
     isolates them is :func:`tunekit.training.packing.isolates_packed_rows`). Each row's first label is
     dropped (-100): it would be predicted from the previous row's last token. That token is never a
-    target in a padded batch either (nothing precedes it), so the loss is the same.
+    target in a padded batch either (nothing precedes it), so the loss is the same. The batch says
+    ``use_cache=False``: transformers looks for packed rows only when no KV cache is built.
     """
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,8 +62,12 @@ class PackedRows:
             ids += row
             labels += [IGNORE_INDEX, *list(f["labels"])[1:]]
             positions += range(len(row))
-        return {name: torch.tensor([values], dtype=torch.long) for name, values in
-                (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
+        batch: dict[str, Any] = {name: torch.tensor([values], dtype=torch.long) for name, values in
+                                 (("input_ids", ids), ("labels", labels), ("position_ids", positions))}
+        # With a KV cache (models default to use_cache=True, GPT-2 even in training) transformers does not
+        # look for packed rows in the positions, and every row would attend to the rows before it.
+        batch["use_cache"] = False
+        return batch
 
 
 def collator_for(objective: Any, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:

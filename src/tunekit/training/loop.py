@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunekit.config import OPTIMIZERS
-from tunekit.data.collate import PadPerBatch
+from tunekit.data.collate import PackedRows, PadPerBatch
 from tunekit.errors import ConfigError, Problem
 from tunekit.results import EvalPoint, LogPoint
 from tunekit.training.memory import PeakMemory
@@ -193,7 +193,8 @@ def train(
         activation_checkpointing_kwargs={"use_reentrant": False} if o.gradient_checkpointing else None,
         train_sampling_strategy="group_by_length" if group_by_length else "random",
         length_column_name="length",
-        include_num_input_tokens_seen="non_padding",
+        # a packed batch has no padding and no attention mask (the Trainer would count pad-id tokens out, EOS too where pad = EOS)
+        include_num_input_tokens_seen="all" if isinstance(collator, PackedRows) else "non_padding",
         dataloader_pin_memory=precision.device == "cuda",
         log_level="warning",
         logging_nan_inf_filter=False,

@@ -46,7 +46,8 @@ def _check(model: Any) -> bool | str:
     model.eval()
     try:
         with torch.no_grad():
-            together = model(input_ids=packed["input_ids"].to(device), position_ids=packed["position_ids"].to(device), use_cache=False).logits[0]
+            # the batch exactly as the Trainer passes it (less the labels)
+            together = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in packed.items() if k != "labels"}).logits[0]
             apart = torch.cat([model(input_ids=torch.tensor([r], device=device), use_cache=False).logits[0] for r in rows])
     except (TypeError, ValueError, RuntimeError) as exc:
         return f"failed on a packed batch ({type(exc).__name__}: {exc})"
