@@ -65,12 +65,6 @@ def supports_fast_greedy(model: Any) -> bool:
     return True
 
 
-
-
-
-
-
-
 def greedy_token_ids(
     model: Any,
     prompts: Sequence[Sequence[int]],

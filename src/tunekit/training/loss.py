@@ -27,6 +27,7 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunekit.models.kv_cache import forward_params
 from tunekit.training.shared_prefix import prefix_length, shareable, shared_prefix_logits, worth_sharing
 
 if TYPE_CHECKING:
@@ -61,16 +62,10 @@ _FALLBACK_WARNED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionar
 """The reason already logged per model object, so fit, evaluate and preflight warn once."""
 
 
-def _inner_forward_params(model: Any) -> dict[str, inspect.Parameter]:
-    """The parameters of the transformers model's ``forward`` under any peft wrapper."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return dict(inspect.signature(inner.forward).parameters)
-
-
 def _takes_logits_to_keep(model: Any) -> bool | None:
     """True/False when ``forward``'s signature says whether it takes ``logits_to_keep``; None when
     only the ``**kwargs`` it takes could let it through (then the probe decides)."""
-    params = _inner_forward_params(model)
+    params = forward_params(model)
     if "logits_to_keep" in params:
         return True
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
