@@ -49,6 +49,8 @@ def _check(model: Any) -> bool | str:
             # the batch exactly as the Trainer passes it (less the labels)
             together = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in packed.items() if k != "labels"}).logits[0]
             apart = torch.cat([model(input_ids=torch.tensor([r], device=device), use_cache=False).logits[0] for r in rows])
+    except torch.OutOfMemoryError:
+        raise
     except (TypeError, ValueError, RuntimeError) as exc:
         return f"failed on a packed batch ({type(exc).__name__}: {exc})"
     finally:
