@@ -235,6 +235,8 @@ def train(
     trainer.shared_prefix = use_shared_prefix(
         model, o.shared_prefix, trained_logits=trainer.trained_logits_only, gradient_checkpointing=o.gradient_checkpointing
     )
+    if trainer.shared_prefix:
+        log.info("tunekit: a batch's shared prompt prefix runs once per batch (training.shared_prefix)")
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
