@@ -42,10 +42,34 @@ def tune(out: Path, steps: int) -> Any:
     return tuner
 
 
+def _llama_cpp() -> Any:
+    """``llama_cpp``, with llama.cpp's CPU weight repacking turned off for every model it loads.
+
+    llama-cpp-python 0.3.36 repacks q8_0 weights for Intel's AMX when the CPU has it, and that
+    segfaults in the first decode (seen on a Xeon with AMX: f16 files ran, q8_0 crashed; with
+    repacking off, the same file answers). Repacking only picks other kernels for the same weights,
+    and this script checks what the file holds, so it loads without it (``llama-cli --no-repack``
+    is the command-line switch).
+    """
+    import llama_cpp
+    import llama_cpp.llama_cpp as library
+
+    default = library.llama_model_default_params
+    if not getattr(default, "_tunekit_no_repack", False):
+        def without_repacking() -> Any:
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        without_repacking._tunekit_no_repack = True  # type: ignore[attr-defined]
+        library.llama_model_default_params = without_repacking
+    return llama_cpp
+
+
 def llama_answers(path: Path, prompts: list[list[int]], max_new_tokens: int, stop: list[int],
                   threads: int) -> tuple[list[str], list[list[int]]]:
     """Greedy continuations of token-id prompts by llama.cpp, and llama.cpp's own answer ids."""
-    import llama_cpp
+    llama_cpp = _llama_cpp()
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False, logits_all=False)
     texts, ids = [], []
@@ -83,7 +107,7 @@ def transformers_answers(path: Path, tokenizer: Any, chats: list[Any], prompt_id
 
 def llama_tokenizes_alike(path: Path, texts: list[str], expected: list[list[int]]) -> float:
     """The share of prompts llama.cpp's tokenizer (from the file's metadata) encodes to tunekit's ids."""
-    import llama_cpp
+    llama_cpp = _llama_cpp()
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
     same = sum(llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) == e for t, e in zip(texts, expected, strict=True))
