@@ -2,13 +2,14 @@
 
 Rows rendered with one chat template start with the same tokens: the system prompt and the
 template's markers (the demo's iso-dates rows share 23 of their 47-50 tokens under SmolLM2's
-template). When every row of a batch starts with the same ``p`` real tokens, the model runs those ``p`` tokens once (a batch of one) into a
-KV cache, the cache's rows are repeated for the batch, and each row's remaining tokens run on that
-cache. The prefix ends before the first position whose logits any row's loss needs. Every row attends to the same keys and values at the same positions as before, so the logits
-and the loss are the same; the repeated cache is part of the autograd graph, which sums the rows'
-gradients back into the one prefix, so the gradients are the same too (``tests/test_shared_prefix.py``
-compares both with the plain step, on GPT-2 and Llama shapes, with LoRA). The batch then runs
-``(batch - 1) * p`` fewer positions through every layer.
+template). When every row of a batch starts with the same ``p`` real tokens, the model runs those
+``p`` tokens once (a batch of one) into a KV cache, the cache's rows are repeated for the batch, and
+each row's remaining tokens run on that cache. The prefix ends before the first position whose
+logits any row's loss needs. Every row attends to the same keys and values at the same positions as
+before, so the logits and the loss are the same; the repeated cache is part of the autograd graph,
+which sums the rows' gradients back into the one prefix, so the gradients are the same too
+(``tests/test_shared_prefix.py`` compares both with the plain step on GPT-2 and Llama shapes, LoRA
+and full fine-tuning). The batch then runs ``(batch - 1) * p`` fewer positions through every layer.
 
 The plain step runs instead when:
 
@@ -21,7 +22,8 @@ The plain step runs instead when:
 - a batch shares too little: a batch shares its prefix when that saves at least
   :data:`MIN_SAVED_SHARE` of its positions (an extra forward call has a fixed cost);
 - the batch carries inputs other than ``input_ids`` and ``attention_mask`` (position ids of packed
-  rows, token types...), or only the output head's loss is not tunekit's (see
+  rows, token types...);
+- the loss is the model's own rather than tunekit's trained-positions loss (see
   :mod:`tunekit.training.loss`).
 """
 
