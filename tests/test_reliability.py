@@ -88,7 +88,8 @@ def test_non_finite_loss_stops_the_run_naming_step_and_checkpoint(tiny_gpt2, tmp
     step = {"n": 0}
 
     def poison(module, args, output):  # from the third training step on, the logits and any loss are NaN
-        if module.training:
+        # a step whose batch shares its prompt prefix runs the prefix first, with no logits kept: not counted
+        if module.training and output.logits.numel():
             step["n"] += 1
             if step["n"] >= 3:
                 output.logits = output.logits * float("nan")
