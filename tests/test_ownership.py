@@ -286,6 +286,39 @@ def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(tiny_gpt2, tmp_path, 
     assert "stale lock" in caplog.text and not (out / LOCK).exists()
 
 
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+if sys.argv[2] == "write":
+    os.write(fd, ('{"pid": %d, "host": "%s", "since": "now"}' % (os.getpid(), os.uname().nodename)).encode())
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("content", ["empty", "write"])
+def test_a_lock_being_made_refuses_and_a_killed_holder_frees_it(tmp_path, content):
+    from tunekit.run_directory import acquire_lock, release_lock
+
+    directory = tmp_path / "run"
+    directory.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory / LOCK), content], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        # "empty": the holder has the lock but has not written its PID yet; the old PID-file lock read that as stale.
+        with pytest.raises(RunLockedError, match="it is starting" if content == "empty" else f"PID {holder.pid}"):
+            acquire_lock(directory)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own; the kernel drops its flock
+        holder.wait()
+    acquire_lock(directory)
+    assert json.loads((directory / LOCK).read_text())["pid"] == os.getpid()
+    acquire_lock(directory)  # taking a lock this process holds is a no-op
+    release_lock(directory)
+    assert not (directory / LOCK).exists()
+
+
 SCRIPT = """
 import sys, json
 from tunekit import Tuner, TunekitError
@@ -308,7 +341,8 @@ def test_two_processes_writing_one_run_directory(tiny_gpt2, tmp_path, mode):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tiny_gpt2), str(out), mode], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    results = [p.communicate(timeout=600) for p in procs]
+    outputs = [out if out.strip() else f"no output; stderr: {err[-3000:]}" for out, err in results]
     ok = [o for o in outputs if o.startswith("OK")]
     refused = [o for o in outputs if o.startswith("REFUSED")]
     # Both may succeed one after the other (the second sees a finished run and, for resume, trains nothing);

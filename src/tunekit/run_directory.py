@@ -16,8 +16,9 @@ every entry tunekit wrote there (files with their sha256). Rules that follow fro
   once it is complete; killed at any point, the path holds either the old or the new
   content. Where the exchange is not available, two renames are used and
   :func:`recover` puts a half-done swap right the next time the path is claimed or loaded.
-- A lock file (:data:`LOCK`, with the owner's PID) stops two processes from writing one
-  directory; a lock whose process is gone is stale and is taken over, with a warning.
+- A lock file (:data:`LOCK`, ``flock``-ed for as long as it is held, holding the owner's PID)
+  stops two processes from writing one directory; the kernel drops the lock of a process that
+  dies, and a lock file whose process is gone is taken over, with a warning.
 
 This module only uses the standard library, so every layer can use it.
 """
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 MARKER = ".tunekit-run.json"
 """The file that makes a directory tunekit's: run id, kind, state and the entries written."""
 LOCK = ".tunekit-lock"
-"""Held (created exclusively, holding the PID) while a process writes the directory."""
+"""Held (``flock``-ed, holding the PID) while a process writes the directory."""
 TEMP_PREFIX = ".tunekit-"
 """Every temporary name tunekit makes (staging, old copies, locks) starts with this."""
 Kind = Literal["fit", "save", "compare"]
@@ -455,43 +456,108 @@ def _pid_alive(pid: int) -> bool:
 
 
 def acquire_lock(directory: Path) -> None:
-    """Create ``directory/LOCK`` exclusively; refuse if a live process holds it, take over a stale one."""
+    """Take ``directory/LOCK`` for this process; refuse while another process holds it.
+
+    The lock is an ``flock`` on the file, held open until :func:`release_lock`, so it is
+    taken atomically and the kernel lets go of it when its process dies however it dies; the
+    file itself holds the owner's PID and host, for the error message and for locks held by a
+    process on another host (or without ``flock``). A lock file whose process is gone is
+    stale and is taken over, with a warning.
+    """
     lock = directory / LOCK
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    for _ in range(3):
+    if _held_fd(lock) is not None:
+        return  # this process holds it already
+    for _ in range(20):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                holder = {}
-            pid, host = holder.get("pid"), holder.get("host")
-            if isinstance(pid, int) and (host != me["host"] or _pid_alive(pid)) and pid != os.getpid():
-                raise RunLockedError(
-                    f"{str(directory)!r} is being written by another process (PID {pid} on {host}, since "
-                    f"{holder.get('since')}); wait for it to finish, or choose another directory. If that process "
-                    f"is gone, delete {str(lock)!r}."
-                ) from None
-            log.warning("tunekit: taking over the stale lock %s (process %s is gone)", lock, pid)
-            lock.unlink(missing_ok=True)
-            continue
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as exc:
             raise disk_error(exc, lock) from exc
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(me))
+        if not _try_flock(fd):
+            os.close(fd)
+            raise _locked_error(directory, _read_holder(lock))
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if not same:  # released (and removed) by its holder between our open and our flock: open it again
+            os.close(fd)
+            continue
+        holder = _read_holder(lock)
+        pid, host = holder.get("pid"), holder.get("host")
+        if isinstance(pid, int) and pid != os.getpid() and (host != me["host"] or _pid_alive(pid)):
+            os.close(fd)  # held the old way (a PID file without flock), by a live process
+            raise _locked_error(directory, holder)
+        if isinstance(pid, int) and pid != os.getpid():
+            log.warning("tunekit: taking over the stale lock %s (process %s is gone)", lock, pid)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise disk_error(exc, lock) from exc
+        _HELD[_file_id(os.fstat(fd))] = fd
         return
-    raise RunLockedError(f"could not take the lock {str(lock)!r}; another process keeps taking it.")
+    raise RunLockedError(f"could not take the lock {str(lock)!r}; other processes keep taking and releasing it.")
 
 
 def release_lock(directory: Path) -> None:
+    """Remove and let go of ``directory/LOCK`` if this process holds it (wherever the directory was moved)."""
     lock = directory / LOCK
+    fd = _held_fd(lock)
+    if fd is not None:
+        lock.unlink(missing_ok=True)  # removed while still held: a process waiting on it opens it again
+        os.close(fd)
+        _HELD.pop(next(k for k, v in _HELD.items() if v == fd))
+    for key, other in list(_HELD.items()):  # locks whose directory was removed with them inside
+        if os.fstat(other).st_nlink == 0:
+            os.close(other)
+            del _HELD[key]
+
+
+_HELD: dict[tuple[int, int], int] = {}
+"""The lock files this process holds, by (device, inode), with their open descriptors (the flock lives on them)."""
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _held_fd(lock: Path) -> int | None:
+    try:
+        return _HELD.get(_file_id(os.stat(lock)))
+    except OSError:
+        return None
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: the PID in the file is the lock
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a filesystem without flock: the PID in the file is the lock
+        return True
+    return True
+
+
+def _read_holder(lock: Path) -> dict[str, Any]:
     try:
         holder = json.loads(lock.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return
-    if holder.get("pid") == os.getpid():
-        lock.unlink(missing_ok=True)
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _locked_error(directory: Path, holder: dict[str, Any]) -> RunLockedError:
+    who = f"PID {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder.get("pid") else "it is starting"
+    return RunLockedError(
+        f"{str(directory)!r} is being written by another process ({who}); wait for it to finish, or choose "
+        f"another directory. If that process is gone and this persists, delete {str(directory / LOCK)!r}."
+    )
 
 
 # -- writing ----------------------------------------------------------------------------------------------
