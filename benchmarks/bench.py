@@ -1591,18 +1591,17 @@ def case_load(res: Results, ws: Workspace, s: Settings) -> None:
 # ---------------------------------------------------------------------------------------------
 # case: generation for evaluation
 # ---------------------------------------------------------------------------------------------
-def generation_prompts(tokenizer: Any, n: int) -> tuple[list[Any], list[str]]:
-    """The iso-dates test rows as evaluation prompts: chats where the tokenizer has a chat template
-    (they share the template's system prompt), else the same instruction as a text prefix."""
-    from datasets import Dataset
-
-    from tunekit.evaluation import prompts_and_references
+def generation_rows(tokenizer: Any, n: int) -> list[dict[str, Any]]:
+    """The iso-dates test rows as evaluation rows: chats where the tokenizer has a chat template
+    (they share the template's system prompt), else prompt/completion rows with the same instruction
+    as a text prefix."""
     from tunekit.tasks import load_task
 
-    prompts, refs = prompts_and_references(Dataset.from_list(load_task("iso-dates", "test")[:n]), "chat")
-    if not getattr(tokenizer, "chat_template", None):
-        prompts = [f"{p[0]['content']}\nDate: {p[-1]['content']}\nAnswer:" for p in prompts]
-    return prompts, refs
+    rows = load_task("iso-dates", "test")[:n]
+    if getattr(tokenizer, "chat_template", None):
+        return rows
+    return [{"prompt": f"{r['messages'][0]['content']}\nDate: {r['messages'][1]['content']}\nAnswer:", "completion": r["messages"][-1]["content"]}
+            for r in rows]
 
 
 def plain_generate_answers(model: Any, tokenizer: Any, prompts: list[Any], *, batch_size: int, max_new_tokens: int) -> list[str]:
@@ -1618,45 +1617,63 @@ def plain_generate_answers(model: Any, tokenizer: Any, prompts: list[Any], *, ba
 
 
 def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
-    """``generate_answers`` (what ``evaluate(metrics=["exact_match"])`` runs) against plain batched
-    ``generate``, on one torch thread (the ratio is about decoding, not about threads on a shared machine)."""
+    """``Tuner.evaluate(metrics=["exact_match"])`` with its defaults against plain batched ``generate``
+    at the training batch size, and tunekit's decoding loop against ``generate`` at one batch size,
+    on one torch thread (the ratios are about decoding, not about threads on a shared machine)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from datasets import Dataset
 
-    from tunekit.evaluation import answer_budget, generate_answers
+    from tunekit import Tuner
+    from tunekit.evaluation import answer_budget, generate_answers, prompts_and_references
+    from tunekit.tuner import GENERATION_BATCH_FACTOR
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    wide = GENERATION_BATCH_FACTOR * BATCH  # what evaluate generates with by default
     try:
         for model_name in models:
-            path = ws.local_path(model_name)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path).eval()
-            n = 8 if s.smoke else 32 if model_name == REAL else 100
-            prompts, refs = generation_prompts(tokenizer, n)
+            tuner = Tuner(model=ws.model(model_name), strategy="lora", training={"cpu_threads": 1, "progress_bar": False})
+            model, tokenizer = tuner.model, tuner.tokenizer
+            n = 8 if s.smoke else 64 if model_name == REAL else 128
+            rows = generation_rows(tokenizer, n)
+            n = len(rows)
+            prompts, refs = prompts_and_references(Dataset.from_list(rows), "chat" if "messages" in rows[0] else "prompt_completion")
             budget = answer_budget(tokenizer, refs)
+
+            def evaluate(tuner: Any = tuner, rows: list[dict[str, Any]] = rows) -> list[str]:
+                return [g.prediction for g in tuner.evaluate(rows, metrics=["exact_match"]).generations]
+
             sides: dict[str, Callable[[], list[str]]] = {
                 "plain": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
-                "tunekit": functools.partial(generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
+                "evaluate": evaluate,
+                "plain-wide": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=wide, max_new_tokens=budget),
+                "loop-wide": functools.partial(generate_answers, model, tokenizer, prompts, batch_size=wide, max_new_tokens=budget),
             }
             answers = {name: side() for name, side in sides.items()}  # warm-up, and the answers compared
-            times: dict[str, list[float]] = {"plain": [], "tunekit": []}
+            times: dict[str, list[float]] = {name: [] for name in sides}
+            names = list(sides)
             for i in range(s.repeats):
-                for name in (("plain", "tunekit") if i % 2 == 0 else ("tunekit", "plain")):  # alternating: drift hits both
+                for name in (names if i % 2 == 0 else names[::-1]):  # alternating: drift hits every side
                     t = time.perf_counter()
                     sides[name]()
                     times[name].append(time.perf_counter() - t)
-            ratios = [p / t for p, t in zip(times["plain"], times["tunekit"], strict=True)]
-            value, spread, count = ratio_summary(ratios)
-            same = sum(a == b for a, b in zip(answers["plain"], answers["tunekit"], strict=True))
-            res.add(Row(
-                f"generation/{model_name}", "generation", model_name,
-                "rows/s of evaluation's greedy answers: generate_answers / plain batched model.generate",
-                value, spread=spread, n=count, target=">= 2", met=value >= 2,
-                detail=f"{n / statistics.median(times['tunekit']):.2f} vs {n / statistics.median(times['plain']):.2f} rows/s; "
-                f"answers identical: {same}/{n}; iso-dates test rows, batch {BATCH}, {budget} new tokens at most, 1 torch thread",
-                data={"times": times, "identical": same, "rows": n},
-            ))
+            for row_id, (baseline, ours), measure, target in (
+                ("", ("plain", "evaluate"), f"rows/s: Tuner.evaluate(metrics=['exact_match']), defaults / plain batched model.generate at batch {BATCH}", ">= 2"),
+                ("/generation-only", ("plain", "loop-wide"),
+                 f"rows/s: generate_answers at evaluate's batch ({wide}) / plain batched model.generate at batch {BATCH}", ""),
+                ("/same-batch", ("plain-wide", "loop-wide"), f"rows/s: generate_answers / plain batched model.generate, both at batch {wide}", ""),
+            ):
+                ratios = [p / t for p, t in zip(times[baseline], times[ours], strict=True)]
+                value, spread, count = ratio_summary(ratios)
+                same = sum(a == b for a, b in zip(answers[baseline], answers[ours], strict=True))
+                res.add(Row(
+                    f"generation/{model_name}{row_id}", "generation", model_name, measure,
+                    value, spread=spread, n=count, target=target, met=(value >= 2) if target else None,
+                    detail=f"{n / statistics.median(times[ours]):.2f} vs {n / statistics.median(times[baseline]):.2f} rows/s; "
+                    f"answers identical: {same}/{n}; iso-dates test rows, {budget} new tokens at most, 1 torch thread"
+                    + ("; evaluate also computes the eval loss, and generates at batch " f"{wide}" if not row_id else ""),
+                    data={"times": times, "identical": same, "rows": n},
+                ))
     finally:
         torch.set_num_threads(threads)
 

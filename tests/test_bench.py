@@ -38,8 +38,7 @@ EXPECTED_ROWS = [
     *(f"scaling/tiny-llama/L128xB{batch}" for batch in (2, 4, 8)),
     *(f"scaling/tiny-llama/L{length}xB8" for length in (256, 512, 1024)),
     "load/smollm2-135m",  # skipped in quick mode, but listed
-    "generation/tiny-gpt2",
-    "generation/tiny-llama",
+    *(f"generation/{model}{row}" for model in ("tiny-gpt2", "tiny-llama") for row in ("", "/generation-only", "/same-batch")),
     *(f"compile/tiny-gpt2/{what}" for what in ("step", "compile_time", "amortised-1000")),  # ok, or skipped saying why
 ]
 

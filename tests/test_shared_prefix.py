@@ -176,3 +176,21 @@ def test_fit_shares_the_prefix_and_trains_as_the_plain_run(tiny_llama: Path, tmp
     assert len(shared_losses) == len(plain_losses) == 6
     assert shared_losses == pytest.approx(plain_losses, rel=1e-4)
     assert shared.eval_loss == pytest.approx(plain.eval_loss, rel=1e-4)
+
+
+def test_probe_tolerance_scales_with_the_logits():
+    """Rounding between two ways of running a model grows with the logits' scale: SmolLM2's logits reach
+    33 and its two paths differ by 0.004 on one thread, which a fixed 1e-3 tolerance read as a fault."""
+    import torch
+
+    from tunekit.training.numerics import same_logits
+
+    want = torch.tensor([[33.0, 0.0, -4.0], [12.0, 1.0, 0.5]])
+    assert same_logits(want + 0.004, want)  # rounding at that scale
+    assert not same_logits(want + torch.tensor([[0.0, 0.2, 0.0], [0.0, 0.0, 0.0]]), want)  # a real difference
+    assert not same_logits(want[:1], want)  # another shape
+    small = torch.tensor([0.01, -0.02])
+    assert same_logits(small + 5e-4, small) and not same_logits(small + 0.01, small)  # floor of 1 on the scale
+    bf16 = want.to(torch.bfloat16)
+    assert same_logits((want + 0.25).to(torch.bfloat16), bf16)  # two bf16 rounding steps at 33
+    assert not same_logits((want + torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])).to(torch.bfloat16), bf16)

@@ -28,6 +28,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunekit.models.kv_cache import forward_params
+from tunekit.training.numerics import same_logits
 from tunekit.training.shared_prefix import prefix_length, shareable, shared_prefix_logits, worth_sharing
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def _probe(model: Any, vocab: int) -> bool | str:
         model.train(was_training)
     if kept.dim() != 2 or kept.shape[0] != int(keep.sum()):
         return f"returned logits of shape {tuple(kept.shape)} for a boolean logits_to_keep mask of {int(keep.sum())} positions"
-    if not torch.allclose(kept.float(), full[keep].float(), rtol=1e-3, atol=1e-3):
+    if not same_logits(kept, full[keep]):
         return "gave different logits with a boolean logits_to_keep mask than without"
     return True
 

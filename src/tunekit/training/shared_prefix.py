@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunekit.errors import ConfigError, Problem
 from tunekit.models.kv_cache import base_model, cache_keyword, new_cache, plain_layers, takes_cache
+from tunekit.training.numerics import same_logits
 
 if TYPE_CHECKING:
     import torch
@@ -134,7 +135,7 @@ def _probe(model: Any, vocab: int) -> bool | str:
                 return f"failed the shared-prefix probe ({type(exc).__name__}: {exc})"
     finally:
         model.train(was_training)
-    if shared.shape != plain.shape or not torch.allclose(shared.float(), plain.float(), rtol=1e-3, atol=1e-3):
+    if not same_logits(shared, plain):
         return "gave different logits with the prefix run once than without"
     return True
 
