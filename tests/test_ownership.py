@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,23 @@ def test_compare_overwrite_keeps_the_old_report_when_the_data_is_missing(tiny_gp
     report = compare(str(tiny_gpt2), ["head"], sft_rows(8), budget={"max_steps": 1}, output_dir=out, overwrite=True, progress=False)
     assert [c.name for c in report.candidates] == ["head"]
     assert not list(out.glob(".tunekit-new-*"))
+
+
+def test_without_flock_a_new_empty_lock_refuses_and_an_old_one_is_taken(tmp_path, monkeypatch):
+    """On a filesystem without flock the PID in the file is the lock: a lock file just created, its PID
+    not written yet, belongs to a process still starting; one that stayed empty is a crash's leftover."""
+    from tunekit import run_directory
+    from tunekit.run_directory import acquire_lock, release_lock
+
+    monkeypatch.setattr(run_directory, "_try_flock", lambda fd: None)
+    directory = tmp_path / "run"
+    directory.mkdir()
+    (directory / LOCK).write_text("")
+    with pytest.raises(RunLockedError, match="it is starting"):
+        acquire_lock(directory)
+    old = time.time() - 2 * run_directory.FRESH_LOCK_S
+    os.utime(directory / LOCK, (old, old))
+    acquire_lock(directory)
+    assert json.loads((directory / LOCK).read_text())["pid"] == os.getpid()
+    release_lock(directory)
+    assert not (directory / LOCK).exists()

@@ -473,7 +473,8 @@ def acquire_lock(directory: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as exc:
             raise disk_error(exc, lock) from exc
-        if not _try_flock(fd):
+        flocked = _try_flock(fd)
+        if flocked is False:
             os.close(fd)
             raise _locked_error(directory, _read_holder(lock))
         try:
@@ -487,6 +488,9 @@ def acquire_lock(directory: Path) -> None:
         pid, host = holder.get("pid"), holder.get("host")
         if isinstance(pid, int) and pid != os.getpid() and (host != me["host"] or _pid_alive(pid)):
             os.close(fd)  # held the old way (a PID file without flock), by a live process
+            raise _locked_error(directory, holder)
+        if flocked is None and not holder and time.time() - os.fstat(fd).st_mtime < FRESH_LOCK_S:
+            os.close(fd)  # without flock, an empty lock this new may be one another process is still writing
             raise _locked_error(directory, holder)
         if isinstance(pid, int) and pid != os.getpid():
             log.warning("tunekit: taking over the stale lock %s (process %s is gone)", lock, pid)
@@ -515,6 +519,8 @@ def release_lock(directory: Path) -> None:
             del _HELD[key]
 
 
+FRESH_LOCK_S = 10.0
+"""Without flock, an empty lock file younger than this is taken to be one another process is still writing."""
 _HELD: dict[tuple[int, int], int] = {}
 """The lock files this process holds, by (device, inode), with their open descriptors (the flock lives on them)."""
 
@@ -530,17 +536,19 @@ def _held_fd(lock: Path) -> int | None:
         return None
 
 
-def _try_flock(fd: int) -> bool:
+def _try_flock(fd: int) -> bool | None:
+    """True when this process now holds the flock, False when another does, None without flock
+    (on this platform or this filesystem: then the PID in the file is the lock)."""
     try:
         import fcntl
-    except ImportError:  # no flock on this platform: the PID in the file is the lock
-        return True
+    except ImportError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
-    except OSError:  # a filesystem without flock: the PID in the file is the lock
-        return True
+    except OSError:
+        return None
     return True
 
 
