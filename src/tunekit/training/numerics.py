@@ -30,7 +30,8 @@ EPS_FACTOR = 4
 
 def same_logits(got: torch.Tensor, want: torch.Tensor) -> bool:
     """Whether ``got`` equals ``want`` (same shape) up to rounding: every element within
-    ``tol * (|want| + max |want|)``, ``tol`` from :data:`RELATIVE` and the logits' dtype."""
+    ``tol * (|want| + max(1, max |want|))``, ``tol`` from :data:`RELATIVE` and the logits' dtype
+    (the floor of 1 keeps a toy model's small logits to an absolute 1e-3)."""
     import torch
 
     if got.shape != want.shape:
