@@ -421,3 +421,19 @@ def test_without_flock_a_new_empty_lock_refuses_and_an_old_one_is_taken(tmp_path
     assert json.loads((directory / LOCK).read_text())["pid"] == os.getpid()
     release_lock(directory)
     assert not (directory / LOCK).exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_a_lock_file_that_is_a_link_to_a_users_file_is_refused_and_the_file_kept(tiny_gpt2, tmp_path, kind):
+    """The lock is truncated and rewritten when taken: a .tunekit-lock that links to another file (put there by
+    someone, or copied over with a run) must not make tunekit write through it."""
+    out = tmp_path / "run"
+    _tuner(tiny_gpt2, out).fit(sft_rows(8))
+    precious = tmp_path / "notes.txt"
+    precious.write_text("the user's own notes")
+    (out / LOCK).symlink_to(precious) if kind == "symlink" else os.link(precious, out / LOCK)
+    before = snapshot(out)
+    with pytest.raises(OutputDirError, match="not tunekit's lock file"):
+        _tuner(tiny_gpt2, out).fit(sft_rows(8), resume=True)
+    assert precious.read_text() == "the user's own notes"
+    assert snapshot(out) == before

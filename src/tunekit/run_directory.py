@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -470,9 +471,16 @@ def acquire_lock(directory: Path) -> None:
         return  # this process holds it already
     for _ in range(20):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            # never through a symbolic link: the lock is truncated and rewritten, and only tunekit's own file may be
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
+            if lock.is_symlink():
+                raise OutputDirError(f"{str(lock)!r} is a symbolic link, not tunekit's lock file; remove it and run again.") from None
             raise disk_error(exc, lock) from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO, a device, or a hard link to another file
+            os.close(fd)
+            raise OutputDirError(f"{str(lock)!r} is not tunekit's lock file (not a plain file of its own); remove it and run again.")
         flocked = _try_flock(fd)
         if flocked is False:
             os.close(fd)
@@ -508,11 +516,13 @@ def acquire_lock(directory: Path) -> None:
 def release_lock(directory: Path) -> None:
     """Remove and let go of ``directory/LOCK`` if this process holds it (wherever the directory was moved)."""
     lock = directory / LOCK
-    fd = _held_fd(lock)
-    if fd is not None:
+    try:
+        key = _file_id(os.stat(lock))
+    except OSError:
+        key = None
+    if key in _HELD:
         lock.unlink(missing_ok=True)  # removed while still held: a process waiting on it opens it again
-        os.close(fd)
-        _HELD.pop(next(k for k, v in _HELD.items() if v == fd))
+        os.close(_HELD.pop(key))
     for key, other in list(_HELD.items()):  # locks whose directory was removed with them inside
         if os.fstat(other).st_nlink == 0:
             os.close(other)
