@@ -1616,6 +1616,11 @@ def plain_generate_answers(model: Any, tokenizer: Any, prompts: list[Any], *, ba
     return plain_greedy_answers(model, tokenizer, encoded, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
+def evaluated_answers(tuner: Any, rows: list[dict[str, Any]]) -> list[str]:
+    """What ``Tuner.evaluate(rows, metrics=["exact_match"])`` answered, row by row."""
+    return [g.prediction for g in tuner.evaluate(rows, metrics=["exact_match"]).generations]
+
+
 def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str]) -> None:
     """``Tuner.evaluate(metrics=["exact_match"])`` with its defaults against plain batched ``generate``
     at the training batch size, and tunekit's decoding loop against ``generate`` at one batch size,
@@ -1640,12 +1645,9 @@ def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str])
             prompts, refs = prompts_and_references(Dataset.from_list(rows), "chat" if "messages" in rows[0] else "prompt_completion")
             budget = answer_budget(tokenizer, refs)
 
-            def evaluate(tuner: Any = tuner, rows: list[dict[str, Any]] = rows) -> list[str]:
-                return [g.prediction for g in tuner.evaluate(rows, metrics=["exact_match"]).generations]
-
             sides: dict[str, Callable[[], list[str]]] = {
                 "plain": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=BATCH, max_new_tokens=budget),
-                "evaluate": evaluate,
+                "evaluate": functools.partial(evaluated_answers, tuner, rows),
                 "plain-wide": functools.partial(plain_generate_answers, model, tokenizer, prompts, batch_size=wide, max_new_tokens=budget),
                 "loop-wide": functools.partial(generate_answers, model, tokenizer, prompts, batch_size=wide, max_new_tokens=budget),
             }
@@ -1671,7 +1673,7 @@ def case_generation(res: Results, ws: Workspace, s: Settings, models: list[str])
                     value, spread=spread, n=count, target=target, met=(value >= 2) if target else None,
                     detail=f"{n / statistics.median(times[ours]):.2f} vs {n / statistics.median(times[baseline]):.2f} rows/s; "
                     f"answers identical: {same}/{n}; iso-dates test rows, {budget} new tokens at most, 1 torch thread"
-                    + ("; evaluate also computes the eval loss, and generates at batch " f"{wide}" if not row_id else ""),
+                    + (f"; evaluate also computes the eval loss, and generates at batch {wide}" if not row_id else ""),
                     data={"times": times, "identical": same, "rows": n},
                 ))
     finally:

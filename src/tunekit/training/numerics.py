@@ -3,11 +3,12 @@
 The probes (:mod:`tunekit.training.loss`, :mod:`tunekit.training.shared_prefix`,
 :mod:`tunekit.training.packing`) run a model two ways that are mathematically equal and check
 the logits agree before a faster path is used. The two ways use different kernels and shapes
-(attention over a KV cache or not, another matmul blocking, another thread count), so their
+(attention over a KV cache or not, another matmul blocking, another CPU's kernels), so their
 floating-point results differ by rounding, and that difference grows with the logits' scale and
-the model's depth: on SmolLM2-135M (30 layers, logits up to 33) one torch thread gives
-differences of 0.004 in float32, which a fixed ``atol=1e-3`` read as a broken path. A real fault
-(a shifted position, a row seeing another's tokens) moves logits by whole units.
+the model's depth: on SmolLM2-135M (30 layers, logits up to 33) on an AMD EPYC the shared-prefix
+probe's two paths differ by 0.0039 in float32 (``scripts/probe_rounding.py``), which a fixed
+``atol=1e-3`` read as a broken path. A real fault (a shifted position, a row seeing another's
+tokens) moves logits by whole units.
 
 >>> import torch
 >>> a = torch.tensor([30.0, 0.0, -5.0])

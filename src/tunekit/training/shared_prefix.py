@@ -110,24 +110,36 @@ def _why_not(model: Any) -> str | None:
     return answer if isinstance(answer, str) else None
 
 
+PROBE_PREFIX = 3
+"""The probe's two rows share this many leading tokens."""
+
+
+def probe_batch(vocab: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The probe's batch: (input_ids, attention_mask, trained positions), two rows sharing
+    :data:`PROBE_PREFIX` tokens, the second padded."""
+    import torch
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 6, 0]], device=device).remainder(vocab)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], device=device)
+    keep = mask.bool().clone()
+    keep[:, :PROBE_PREFIX] = False
+    return ids, mask, keep
+
+
 def _probe(model: Any, vocab: int) -> bool | str:
     """True, or why two rows sharing three tokens do not give the plain forward's logits."""
     import torch
 
     if vocab < 8:
         return "its config has no vocab_size"
-    device = next(model.parameters()).device
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 6, 0]], device=device).remainder(vocab)
-    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], device=device)
-    keep = mask.bool().clone()
-    keep[:, :3] = False
+    ids, mask, keep = probe_batch(vocab, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             plain = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
             try:
-                shared = shared_prefix_logits(model, {"input_ids": ids, "attention_mask": mask}, keep, 3)
+                shared = shared_prefix_logits(model, {"input_ids": ids, "attention_mask": mask}, keep, PROBE_PREFIX)
             except torch.OutOfMemoryError:
                 raise
             except (TypeError, ValueError, IndexError, RuntimeError, AttributeError) as exc:
